@@ -51,8 +51,9 @@ def average_precision_from_histograms(pos: Tensor, neg: Tensor) -> Tensor:
 class ClimateMetrics(Metric):
     """Per-class accuracy, AP and IoU plus their means, from probabilities [B, K, N] and labels [B, N].
 
-    ``compute()`` returns a flat dict: ``acc_<c>``, ``ap_<c>``, ``iou_<c>`` for every class name
-    and ``accuracy`` (overall), ``mean_acc``, ``mAP``, ``mean_iou``.
+    ``compute()`` returns a dict of scalars: ``acc_<c>``, ``ap_<c>``, ``iou_<c>`` for every class
+    name and ``accuracy`` (overall), ``mean_acc``, ``mAP``, ``mean_iou``; plus ``confusion``,
+    the synced [K, K] count matrix (rows = truth), which is not a scalar.
     """
 
     full_state_update = False
@@ -112,4 +113,5 @@ class ClimateMetrics(Metric):
         out["mean_acc"] = acc.mean()
         out["mAP"] = ap[self.event_index].mean()
         out["mean_iou"] = iou.mean()
+        out["confusion"] = self.confmat.clone()
         return out

@@ -38,14 +38,16 @@ def _run(batches, **kwargs):
     metric = ClimateMetrics(**kwargs)
     for probs, target in batches:
         metric.update(probs, target)
-    return {k: v.item() for k, v in metric.compute().items()}
+    return {k: v.item() if v.ndim == 0 else v.tolist() for k, v in metric.compute().items()}
 
 
 def test_confusion_based_metrics_match_sklearn():
     batches = _fake_batches()
     probs, target = _flatten(batches)
     got = _run(batches)
-    cm = confusion_matrix(target, probs.argmax(1), labels=[0, 1, 2]).astype(float)
+    cm = confusion_matrix(target, probs.argmax(1), labels=[0, 1, 2])
+    assert got["confusion"] == cm.tolist()
+    cm = cm.astype(float)
     recall = np.diag(cm) / cm.sum(1)
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     for i, name in enumerate(["BG", "TC", "AR"]):
@@ -112,7 +114,7 @@ def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
         metric = ClimateMetrics()
         for probs, target in batches[rank::world]:
             metric.update(probs, target)
-        values = {k: v.item() for k, v in metric.compute().items()}
+        values = {k: v.item() if v.ndim == 0 else v.tolist() for k, v in metric.compute().items()}
         if rank == 0:
             torch.save(values, result_path)
     finally:
@@ -125,5 +127,6 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     synced = torch.load(result, weights_only=True)
     single = _run(_fake_batches(seed=7, batches=6))
     assert synced.keys() == single.keys()
+    assert synced.pop("confusion") == single.pop("confusion")
     for key, value in single.items():
         assert synced[key] == pytest.approx(value, abs=1e-12), key
