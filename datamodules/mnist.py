@@ -167,6 +167,11 @@ class SphericalMNISTDataModule(L.LightningDataModule):
     def num_vertices(self) -> int:
         return IcoGrid(self.level).num_vertices
 
+    @property
+    def test_names(self) -> list[str]:
+        """One name per test loader (its mode), so metrics read e.g. `test/acc_I`."""
+        return list(self.test_modes)
+
     def prepare_data(self) -> None:
         """Check the digits are readable now rather than deep inside setup; nothing is downloaded."""
         load_digits(self.data_dir, self.seed)
