@@ -1,0 +1,387 @@
+"""Lat-lon <-> icosahedral regridding through precomputed sparse matrices.
+
+Fields are interpolated bilinearly in (latitude, longitude), periodic in longitude when the
+grid goes all the way round, with the pole taken as the mean of the nearest grid row so that
+caps beyond the last row (Gaussian and cell-centred grids) are interpolated too. Labels use the
+nearest source point in 3-D, which is exact at the poles and across the date line.
+
+A matrix depends only on the two grids, so it is built once per (grid, level, method) and
+applied by a gather over its non-zeros: regridding touches O(nnz) values, not the whole field.
+Any CF ordering is accepted (ascending or descending latitude, longitudes in [0, 360) or
+[-180, 180), a repeated cyclic column); the matrix indexes the caller's array as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse
+from scipy.spatial import cKDTree
+
+from icolightning.grid import IcoGrid
+
+Method = Literal["bilinear", "nearest"]
+METHODS: tuple[str, ...] = ("bilinear", "nearest")
+_LON_TOL = 1e-9
+_CACHE_SIZE = 16
+_LOCATE_CHUNK = 1 << 16
+
+
+def latlon_xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Unit vectors [..., 3] of points given in degrees."""
+    phi, lam = np.deg2rad(np.asarray(lat, np.float64)), np.deg2rad(np.asarray(lon, np.float64))
+    return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
+
+
+@dataclass(frozen=True)
+class RegridMatrix:
+    """Sparse weights in CSR form: out[..., i] = sum over row i of weights * values[..., indices].
+
+    Rows without weights are targets outside the source grid; they come out as NaN.
+    `selection` marks nearest-neighbour matrices, which are applied as a pure gather so that
+    integer labels keep their dtype.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+    num_sources: int
+    selection: bool
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def covered(self) -> np.ndarray:
+        """[num_targets] bool: the target lies inside the source grid."""
+        return np.diff(self.indptr) > 0
+
+    def to_scipy(self) -> scipy.sparse.csr_matrix:
+        shape = (self.num_targets, self.num_sources)
+        return scipy.sparse.csr_matrix((self.weights, self.indices, self.indptr), shape=shape)
+
+    def apply(self, flat: np.ndarray, skipna: bool = True) -> np.ndarray:
+        """Regrid [..., num_sources] -> [..., num_targets].
+
+        With skipna, NaN sources are left out and the remaining weights renormalised, so a
+        target is NaN only when all of its sources are NaN (or it lies outside the grid).
+        """
+        flat = np.asarray(flat)
+        if flat.shape[-1] != self.num_sources:
+            raise ValueError(f"expected {self.num_sources} source points in the last axis, got {flat.shape}")
+        lead = flat.shape[:-1]
+        flat = flat.reshape(-1, self.num_sources)
+        if self.selection:
+            return self._gather(flat).reshape(*lead, self.num_targets)
+        dtype = flat.dtype if np.issubdtype(flat.dtype, np.floating) else np.float64
+        flat = flat.astype(dtype, copy=False)
+        weights = self.weights.astype(dtype)
+        gathered = flat[:, self.indices]
+        rows = np.flatnonzero(self.covered)
+        starts = self.indptr[rows]
+        out = np.full((flat.shape[0], self.num_targets), np.nan, dtype=dtype)
+        if rows.size == 0:
+            return out.reshape(*lead, self.num_targets)
+        valid = ~np.isnan(gathered)
+        if valid.all() or not skipna:
+            out[:, rows] = np.add.reduceat(gathered * weights, starts, axis=1)
+        else:
+            kept = np.where(valid, weights, 0)
+            total = np.add.reduceat(kept, starts, axis=1)
+            sums = np.add.reduceat(np.where(valid, gathered, 0) * kept, starts, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, rows] = np.where(total > 0, sums / total, np.nan)
+        return out.reshape(*lead, self.num_targets)
+
+    def _gather(self, flat: np.ndarray) -> np.ndarray:
+        covered = self.covered
+        if covered.all():
+            return flat[:, self.indices]
+        if not np.issubdtype(flat.dtype, np.floating):
+            raise ValueError(
+                f"{(~covered).sum()} targets lie outside the source grid and integer values cannot "
+                "be NaN there; convert to float first"
+            )
+        out = np.full((flat.shape[0], self.num_targets), np.nan, dtype=flat.dtype)
+        out[:, covered] = flat[:, self.indices]
+        return out
+
+
+@dataclass(frozen=True)
+class LatLonGrid:
+    """A rectilinear lat-lon grid in the caller's ordering, with sorted views for searching.
+
+    `lon_sorted` starts after the largest longitude gap and increases (possibly past 360), so a
+    regional grid that straddles 0° or 180° is one contiguous interval.
+    """
+
+    lat: np.ndarray
+    lon: np.ndarray
+    lat_order: np.ndarray
+    lon_order: np.ndarray
+    lat_sorted: np.ndarray
+    lon_sorted: np.ndarray
+    periodic: bool
+
+    @classmethod
+    def from_coords(cls, lat: np.ndarray, lon: np.ndarray) -> LatLonGrid:
+        lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+        lon = np.asarray(lon, dtype=np.float64).reshape(-1)
+        if lat.size < 2 or lon.size < 2:
+            raise ValueError(f"need at least 2 latitudes and 2 longitudes, got {lat.size} x {lon.size}")
+        if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
+            raise ValueError("latitude/longitude coordinates contain NaN or inf")
+        if lat.min() < -90 - 1e-6 or lat.max() > 90 + 1e-6:
+            raise ValueError(f"latitudes must lie in [-90, 90], got [{lat.min()}, {lat.max()}]")
+        lat = np.clip(lat, -90.0, 90.0)
+        lat_order = np.argsort(lat, kind="stable")
+        lat_sorted = lat[lat_order]
+        if np.any(np.diff(lat_sorted) <= 0):
+            raise ValueError("latitudes must be strictly monotonic (no repeated rows)")
+        wrapped = np.mod(lon, 360.0)
+        wrapped[wrapped >= 360.0 - _LON_TOL] = 0.0
+        unique, first = np.unique(np.round(wrapped, 9), return_index=True)
+        gaps = np.diff(np.append(unique, unique[0] + 360.0))
+        start = (int(np.argmax(gaps)) + 1) % unique.size
+        lon_order = np.roll(first, -start)
+        lon_sorted = np.roll(unique, -start)
+        lon_sorted = lon_sorted[0] + np.mod(lon_sorted - lon_sorted[0], 360.0)
+        periodic = bool(gaps.max() <= 1.5 * np.delete(gaps, np.argmax(gaps)).max())
+        return cls(lat, lon, lat_order, lon_order, lat_sorted, lon_sorted, periodic)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.lat.size, self.lon.size
+
+    @property
+    def num_points(self) -> int:
+        return self.lat.size * self.lon.size
+
+    def flat_index(self, sorted_row: np.ndarray, sorted_col: np.ndarray) -> np.ndarray:
+        """Index into the caller's flattened [nlat * nlon] array of sorted (row, col) positions."""
+        return self.lat_order[sorted_row] * self.lon.size + self.lon_order[sorted_col]
+
+    def xyz(self) -> np.ndarray:
+        """[nlat * nlon, 3] unit vectors in the caller's (row-major) order."""
+        lat, lon = np.meshgrid(self.lat, self.lon, indexing="ij")
+        return latlon_xyz(lat.reshape(-1), lon.reshape(-1))
+
+    def locate(self, tlat: np.ndarray, tlon: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Bilinear bracket of target points in sorted positions.
+
+        Returns (covered, row0, row1, b, col0, col1, a, cap): interpolation is between rows
+        row0/row1 with fraction b and columns col0/col1 with fraction a; cap is the share of the
+        pole value (the mean of row0) for targets between the outermost row and the pole.
+        """
+        lat_s, lon_s = self.lat_sorted, self.lon_sorted
+        nlat, nlon = lat_s.size, lon_s.size
+        pos = lon_s - lon_s[0]
+        u = np.mod(np.asarray(tlon, np.float64) - lon_s[0], 360.0)
+        u[u >= 360.0 - _LON_TOL] = 0.0
+        col0 = np.clip(np.searchsorted(pos, u, side="right") - 1, 0, nlon - 1)
+        inner = col0 < nlon - 1
+        col1 = np.where(inner, col0 + 1, 0)
+        right = np.where(inner, pos[np.minimum(col0 + 1, nlon - 1)], 360.0)
+        a = np.clip((u - pos[col0]) / (right - pos[col0]), 0.0, 1.0)
+        lon_inside = inner | (u <= pos[-1] + _LON_TOL)
+        if not self.periodic:
+            a = np.where(inner, a, 0.0)
+
+        tlat = np.clip(np.asarray(tlat, np.float64), -90.0, 90.0)
+        i = np.searchsorted(lat_s, tlat, side="right") - 1
+        north, south = tlat > lat_s[-1], tlat < lat_s[0]
+        row0 = np.clip(i, 0, nlat - 1)
+        row1 = np.minimum(row0 + 1, nlat - 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b = np.where(row1 > row0, (tlat - lat_s[row0]) / (lat_s[row1] - lat_s[row0]), 0.0)
+            cap_north = (tlat - lat_s[-1]) / (90.0 - lat_s[-1])
+            cap_south = (lat_s[0] - tlat) / (lat_s[0] + 90.0)
+        cap = np.where(north, cap_north, np.where(south, cap_south, 0.0))
+        b = np.where(north | south, 0.0, b)
+        at_pole = np.abs(tlat) >= 90.0
+        pole_row = np.where(tlat > 0, lat_s[-1] >= 90.0, lat_s[0] <= -90.0)
+        cap = np.where(at_pole, 1.0, np.nan_to_num(cap))
+        in_lat_range = ~(north | south)
+        covered = (self.periodic & (in_lat_range | north | south)) | (in_lat_range & lon_inside)
+        covered |= at_pole & (pole_row | self.periodic)
+        return covered, row0, row1, b, col0, col1, a, cap
+
+
+def _bilinear_to_points(grid: LatLonGrid, tlat: np.ndarray, tlon: np.ndarray) -> RegridMatrix:
+    covered, row0, row1, b, col0, col1, a, cap = grid.locate(tlat, tlon)
+    targets = np.flatnonzero(covered)
+    row0, row1, b, col0, col1, a, cap = (v[targets] for v in (row0, row1, b, col0, col1, a, cap))
+    keep = 1.0 - cap
+    rows = [np.tile(targets, 4)]
+    corners = ((row0, col0), (row0, col1), (row1, col0), (row1, col1))
+    cols = [np.concatenate([grid.flat_index(r, c) for r, c in corners])]
+    vals = [np.concatenate([keep * (1 - b) * (1 - a), keep * (1 - b) * a, keep * b * (1 - a), keep * b * a])]
+    in_cap = np.flatnonzero(cap > 0)
+    if in_cap.size:
+        nlon = grid.lon_sorted.size
+        ring_cols = np.arange(nlon)
+        rows.append(np.repeat(targets[in_cap], nlon))
+        cols.append(grid.flat_index(np.repeat(row0[in_cap], nlon), np.tile(ring_cols, in_cap.size)))
+        vals.append(np.repeat(cap[in_cap] / nlon, nlon))
+    return _from_triplets(rows, cols, vals, (len(tlat), grid.num_points))
+
+
+def _from_triplets(rows: list, cols: list, vals: list, shape: tuple[int, int]) -> RegridMatrix:
+    """Sum duplicate (target, source) pairs and drop zero weights, so that a NaN source only
+    reaches the targets that really depend on it."""
+    coo = scipy.sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape)
+    csr = coo.tocsr()
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    return RegridMatrix(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data, shape[1], False)
+
+
+def _nearest_matrix(source_xyz: np.ndarray, target_xyz: np.ndarray, covered: np.ndarray) -> RegridMatrix:
+    _, nearest = cKDTree(source_xyz).query(target_xyz)
+    indptr = np.concatenate([[0], np.cumsum(covered)]).astype(np.int64)
+    indices = nearest[covered].astype(np.int64)
+    return RegridMatrix(indptr, indices, np.ones(indices.size), len(source_xyz), True)
+
+
+def _triangle_inverses(grid: IcoGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse vertex matrices of the 6 triangles (v, ring[k], ring[k+1]) around every vertex.
+
+    Solving [A B C] λ = p gives the gnomonic barycentric coordinates of p in the triangle;
+    all λ ≥ 0 means p's ray crosses it. Corners have 5 triangles; the sixth is marked invalid.
+    """
+    ring = grid.ring
+    v = np.repeat(np.arange(grid.num_vertices)[:, None], 6, axis=1)
+    nxt = np.roll(ring, -1, axis=1)
+    corners = np.stack([v, ring, nxt], axis=-1)
+    mats = np.swapaxes(grid.xyz[corners], -1, -2)
+    valid = np.ones(ring.shape, bool)
+    valid[grid.degree == 5, 5] = False
+    mats[~valid] = np.eye(3)
+    return np.linalg.inv(mats), np.where(valid[..., None], corners, -1)
+
+
+def _ico_bilinear_to_points(level: int, target_xyz: np.ndarray) -> RegridMatrix:
+    """Barycentric interpolation inside the icosahedral triangle that contains each target."""
+    grid = IcoGrid(level)
+    inverses, corners = _triangle_inverses(grid)
+    tree = cKDTree(grid.xyz)
+    rows, cols, vals = [], [], []
+    for lo in range(0, len(target_xyz), _LOCATE_CHUNK):
+        pts = target_xyz[lo : lo + _LOCATE_CHUNK]
+        ids, lam = _locate(pts, tree.query(pts, k=1)[1][:, None], inverses, corners)
+        lost = np.flatnonzero(lam.min(axis=1) < -1e-9)
+        if lost.size:
+            ids[lost], lam[lost] = _locate(pts[lost], tree.query(pts[lost], k=4)[1], inverses, corners)
+            if (lam[lost].min(axis=1) < -1e-9).any():
+                raise RuntimeError("could not locate some points in the icosahedral mesh")
+        lam = np.clip(lam, 0.0, None)
+        lam /= lam.sum(axis=1, keepdims=True)
+        rows.append(np.repeat(np.arange(lo, lo + len(pts)), 3))
+        cols.append(ids.reshape(-1))
+        vals.append(lam.reshape(-1))
+    return _from_triplets(rows, cols, vals, (len(target_xyz), grid.num_vertices))
+
+
+def _locate(
+    pts: np.ndarray, candidates: np.ndarray, inverses: np.ndarray, corners: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Among the triangles around the candidate vertices, the one containing each point."""
+    inv = inverses[candidates].reshape(len(pts), -1, 3, 3)
+    tri = corners[candidates].reshape(len(pts), -1, 3)
+    lam = np.einsum("nkij,nj->nki", inv, pts)
+    score = np.where(tri[..., 0] >= 0, lam.min(axis=-1), -np.inf)
+    best = np.argmax(score, axis=1)
+    pick = np.arange(len(pts))
+    return tri[pick, best], lam[pick, best]
+
+
+_MATRICES: OrderedDict[tuple, RegridMatrix] = OrderedDict()
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float64).tobytes()).hexdigest()
+
+
+def regrid_matrix(
+    lat: np.ndarray, lon: np.ndarray, level: int, method: Method, to_ico: bool = True
+) -> RegridMatrix:
+    """The (cached) matrix between a lat-lon grid and an icosahedral level, either direction."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    key = (to_ico, int(level), method, _digest(lat), _digest(lon))
+    if key in _MATRICES:
+        _MATRICES.move_to_end(key)
+        return _MATRICES[key]
+    grid = LatLonGrid.from_coords(lat, lon)
+    ico = IcoGrid(int(level))
+    if to_ico:
+        tlat, tlon = ico.latlon.T
+        if method == "bilinear":
+            matrix = _bilinear_to_points(grid, tlat, tlon)
+        else:
+            matrix = _nearest_matrix(grid.xyz(), ico.xyz, grid.locate(tlat, tlon)[0])
+    else:
+        tlat, tlon = (v.reshape(-1) for v in np.meshgrid(grid.lat, grid.lon, indexing="ij"))
+        txyz = latlon_xyz(tlat, tlon)
+        if method == "bilinear":
+            matrix = _ico_bilinear_to_points(ico.level, txyz)
+        else:
+            matrix = _nearest_matrix(ico.xyz, txyz, np.ones(len(txyz), bool))
+    _MATRICES[key] = matrix
+    while len(_MATRICES) > _CACHE_SIZE:
+        _MATRICES.popitem(last=False)
+    return matrix
+
+
+def latlon_to_ico(
+    values: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    level: int,
+    method: Method = "bilinear",
+    skipna: bool = True,
+) -> np.ndarray:
+    """Regrid [..., nlat, nlon] on the given lat-lon grid to [..., N] icosahedral vertices.
+
+    bilinear returns floats (float32 stays float32); nearest keeps the dtype, so labels stay
+    integers. Targets outside a regional grid are NaN (an error for integer values). With
+    skipna, NaN sources are skipped and the other weights renormalised.
+    """
+    values = np.asarray(values)
+    lat, lon = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
+    if values.ndim < 2 or values.shape[-2:] != (lat.size, lon.size):
+        raise ValueError(f"values {values.shape} must end in (nlat, nlon) = ({lat.size}, {lon.size})")
+    matrix = regrid_matrix(lat, lon, level, method, to_ico=True)
+    return matrix.apply(values.reshape(*values.shape[:-2], -1), skipna=skipna)
+
+
+def level_of(num_vertices: int) -> int:
+    """The icosahedral level with N = 10·4^r + 2 vertices."""
+    level = round(float(np.log((num_vertices - 2) / 10) / np.log(4))) if num_vertices > 2 else -1
+    if level < 0 or 10 * 4**level + 2 != num_vertices:
+        raise ValueError(f"{num_vertices} is not an icosahedral vertex count 10·4^r + 2")
+    return level
+
+
+def ico_to_latlon(
+    values: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    method: Method = "bilinear",
+    skipna: bool = True,
+) -> np.ndarray:
+    """Regrid [..., N] vertex values onto the lat-lon grid (lat, lon) -> [..., nlat, nlon].
+
+    The level is inferred from N. bilinear interpolates inside the containing mesh triangle;
+    nearest copies the nearest vertex (use it for masks and labels).
+    """
+    values = np.asarray(values)
+    lat, lon = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
+    level = level_of(values.shape[-1])
+    matrix = regrid_matrix(lat, lon, level, method, to_ico=False)
+    return matrix.apply(values, skipna=skipna).reshape(*values.shape[:-1], lat.size, lon.size)
