@@ -1,0 +1,89 @@
+"""IcoConv vs a plain conv2d with the same channels on the same number of pixels, side by side.
+
+Forward + backward (input and weight gradients), float32, runs interleaved in one process so
+both see the same machine state; prints the median time of each and their ratio.
+Target (DESIGN §7): regular->regular, level 5, 16x6 -> 16x6 channels, batch 8: <= 1.15x.
+
+    python scripts/bench_conv.py                  # the full table (levels 4-6, lifting layer)
+    python scripts/bench_conv.py --level 5 --repeats 20
+    python scripts/bench_conv.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from icolightning.grid import IcoGrid
+from icolightning.nn import IcoConv, IcoSignal
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
+            device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    grid = IcoGrid(level)
+    r_in = 6 if in_rep == "regular" else 1
+    conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
+    x = torch.randn(batch, channels, r_in, grid.num_vertices, device=device, dtype=dtype, requires_grad=True)
+
+    height, width = grid.chart_shape
+    plain_w = torch.randn(channels * 6, channels * r_in, 3, 3, device=device, dtype=dtype, requires_grad=True)
+    plain_b = torch.zeros(channels * 6, device=device, dtype=dtype, requires_grad=True)
+    plain_x = torch.randn(batch, channels * r_in, 5 * height, width, device=device, dtype=dtype,
+                          requires_grad=True)
+
+    def ico_step() -> None:
+        out = conv(IcoSignal.from_vertices(x))
+        (out.charts.sum() + out.poles.sum()).backward()
+
+    def plain_step() -> None:
+        F.conv2d(plain_x, plain_w, plain_b, padding=1).sum().backward()
+
+    for _ in range(3):
+        ico_step()
+        plain_step()
+    ico, plain = [], []
+    for _ in range(repeats):
+        ico.append(_time(ico_step, device))
+        plain.append(_time(plain_step, device))
+    return statistics.median(ico), statistics.median(plain)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--level", type=int, nargs="*", default=[4, 5, 6])
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} "
+          f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
+    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'conv2d ms':>11}{'ratio':>8}")
+    cases = [(lvl, "regular") for lvl in args.level] + [(5 if 5 in args.level else args.level[0], "scalar")]
+    for level, in_rep in cases:
+        ico, plain = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype)
+        name = "regular->regular" if in_rep == "regular" else "scalar->regular"
+        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>11.1f}{ico / plain:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
