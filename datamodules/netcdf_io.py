@@ -1,0 +1,234 @@
+"""Reading CF lat-lon netCDF files into numpy, with errors that name the file and variable.
+
+One `LatLonFile` wraps one open xarray dataset and reads time slabs of the selected fields as
+float32 [t, C, nlat, nlon] and the labels as validated int64 [t, nlat, nlon]. Coordinates are
+found by CF attributes (standard_name, units, axis) before names, so `lat`/`latitude`/custom
+names all work. Each process opens its own files: handles are never shared across workers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+NUM_CLASSES = 3
+_LAT_UNITS = {"degreesnorth", "degreenorth", "degreesn", "degreen"}
+_LON_UNITS = {"degreeseast", "degreeeast", "degreese", "degreee"}
+_DATE_IN_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+class DataFileError(ValueError):
+    """A problem with one input file; the message always starts with the file (and variable)."""
+
+    def __init__(self, path: str | Path, problem: str, variable: str | None = None) -> None:
+        self.path, self.problem, self.variable = Path(path), problem, variable
+        where = f"{path}" if variable is None else f"{path}: variable {variable!r}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem, self.variable)
+
+
+def open_netcdf(path: str | Path) -> xr.Dataset:
+    """Open lazily; unreadable, truncated or non-netCDF files raise DataFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "file does not exist")
+    try:
+        try:
+            return xr.open_dataset(path, engine="netcdf4", cache=False)
+        except ValueError as exc:
+            if "decode" not in str(exc) and "time" not in str(exc):
+                raise
+            return xr.open_dataset(path, engine="netcdf4", cache=False, decode_times=False)
+    except Exception as exc:
+        raise DataFileError(path, f"cannot be read as netCDF ({type(exc).__name__}: {exc})") from exc
+
+
+def _normalised_units(var: xr.DataArray) -> str:
+    return str(var.attrs.get("units", "")).lower().replace(" ", "").replace("_", "")
+
+
+def _is_axis(ds: xr.Dataset, dim: str, kind: str) -> bool:
+    names = {"lat": ("lat", "latitude", "lats"), "lon": ("lon", "longitude", "lons")}[kind]
+    if dim not in ds.variables:
+        return dim.lower() in names
+    var = ds[dim]
+    units = _LAT_UNITS if kind == "lat" else _LON_UNITS
+    axis = "Y" if kind == "lat" else "X"
+    standard = "latitude" if kind == "lat" else "longitude"
+    return (
+        var.attrs.get("standard_name") == standard
+        or _normalised_units(var) in units
+        or (var.attrs.get("axis") == axis and var.ndim == 1)
+        or dim.lower() in names
+    )
+
+
+def find_latlon_dims(ds: xr.Dataset, path: str | Path) -> tuple[str, str]:
+    """Names of the latitude and longitude dimensions (1-D coordinates of a rectilinear grid)."""
+    found = {}
+    for kind in ("lat", "lon"):
+        matches = [d for d in ds.dims if _is_axis(ds, str(d), kind)]
+        if len(matches) != 1:
+            raise DataFileError(
+                path,
+                f"expected one {kind}itude dimension (CF standard_name/units or a name like "
+                f"'{kind}'), found {matches or 'none'} among dimensions {list(ds.dims)}",
+            )
+        found[kind] = str(matches[0])
+    return found["lat"], found["lon"]
+
+
+def _find_time_dim(ds: xr.Dataset, spatial: tuple[str, str]) -> str | None:
+    for dim in ds.dims:
+        if dim in spatial:
+            continue
+        var = ds.variables.get(dim)
+        is_time = str(dim).lower() == "time" or (
+            var is not None and (var.attrs.get("standard_name") == "time" or var.attrs.get("axis") == "T")
+        )
+        if is_time or (var is not None and np.issubdtype(var.dtype, np.datetime64)):
+            return str(dim)
+    return None
+
+
+def _iso(value: object) -> str | None:
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else str(np.datetime_as_string(value, unit="s"))
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) else None
+
+
+class LatLonFile:
+    """The selected variables (and labels) of one lat-lon netCDF file, read by time slabs.
+
+    Variables may have the dims (time, lat, lon) in any order, extra dimensions of size 1
+    (e.g. a single pressure level) and no time dimension at all (then they hold for every
+    step). Labels are read only when `label_variable` is given and must then exist.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        variables: Sequence[str],
+        label_variable: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.ds = open_netcdf(self.path)
+        try:
+            self.lat_dim, self.lon_dim = find_latlon_dims(self.ds, self.path)
+            self.time_dim = _find_time_dim(self.ds, (self.lat_dim, self.lon_dim))
+            self.variables = tuple(variables)
+            self.label_variable = label_variable
+            wanted = [*self.variables, *([label_variable] if label_variable else [])]
+            missing = [v for v in wanted if v not in self.ds.data_vars]
+            if missing:
+                available = ", ".join(sorted(map(str, self.ds.data_vars))) or "none"
+                raise DataFileError(
+                    self.path,
+                    f"not in the file; it has the variables: {available}",
+                    variable=", ".join(missing),
+                )
+            for name in wanted:
+                self._check_dims(name)
+            self.lat = np.asarray(self.ds[self.lat_dim].values, dtype=np.float64)
+            self.lon = np.asarray(self.ds[self.lon_dim].values, dtype=np.float64)
+        except BaseException:
+            self.ds.close()
+            raise
+
+    def __enter__(self) -> LatLonFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ds.close()
+
+    @property
+    def num_times(self) -> int:
+        return int(self.ds.sizes[self.time_dim]) if self.time_dim else 1
+
+    @property
+    def times(self) -> list[str | None]:
+        """ISO time of every step: the decoded time coordinate, else a date in the file name."""
+        if self.time_dim and self.time_dim in self.ds.variables:
+            decoded = [_iso(v) for v in self.ds[self.time_dim].values]
+            if all(decoded):
+                return decoded
+        match = _DATE_IN_NAME.search(self.path.name)
+        stamp = f"{match[1]}-{match[2]}-{match[3]}T00:00:00" if match else None
+        return [stamp] * self.num_times
+
+    def _check_dims(self, name: str) -> None:
+        var = self.ds[name]
+        for dim in (self.lat_dim, self.lon_dim):
+            if dim not in var.dims:
+                raise DataFileError(
+                    self.path, f"has dims {var.dims}, missing the grid dimension {dim!r}", name
+                )
+        extra = {d: var.sizes[d] for d in var.dims if d not in (self.lat_dim, self.lon_dim, self.time_dim)}
+        if any(size != 1 for size in extra.values()):
+            raise DataFileError(
+                self.path, f"has extra dimensions {extra}; select one level/member first", name
+            )
+
+    def _slab(self, name: str, start: int, stop: int) -> xr.DataArray:
+        var = self.ds[name]
+        var = var.isel({d: 0 for d in var.dims if d not in (self.lat_dim, self.lon_dim, self.time_dim)})
+        if self.time_dim in var.dims:
+            var = var.isel({self.time_dim: slice(start, stop)}).transpose(
+                self.time_dim, self.lat_dim, self.lon_dim
+            )
+            return var
+        var = var.transpose(self.lat_dim, self.lon_dim)
+        return var.expand_dims({"_step": stop - start})
+
+    def read_fields(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 [t, C, nlat, nlon]; missing values (_FillValue) come back as NaN."""
+        stop = self.num_times if stop is None else stop
+        out = np.empty((stop - start, len(self.variables), self.lat.size, self.lon.size), dtype=np.float32)
+        for c, name in enumerate(self.variables):
+            try:
+                out[:, c] = self._slab(name, start, stop).values
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise DataFileError(self.path, f"cannot be read ({type(exc).__name__}: {exc})", name) from exc
+        return out
+
+    def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """int64 [t, nlat, nlon] with every value checked to be a class in {0, 1, 2}."""
+        if self.label_variable is None:
+            raise ValueError("no label variable was requested")
+        stop = self.num_times if stop is None else stop
+        name = self.label_variable
+        try:
+            raw = np.asarray(self._slab(name, start, stop).values)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise DataFileError(self.path, f"cannot be read ({type(exc).__name__}: {exc})", name) from exc
+        if np.issubdtype(raw.dtype, np.floating):
+            if np.isnan(raw).any():
+                raise DataFileError(
+                    self.path, f"{int(np.isnan(raw).sum())} missing (NaN/_FillValue) labels", name
+                )
+            if not np.array_equal(raw, np.round(raw)):
+                raise DataFileError(self.path, "labels must be whole numbers", name)
+        labels = raw.astype(np.int64)
+        bad = np.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)])
+        if bad.size:
+            raise DataFileError(
+                self.path, f"labels must be 0 (BG), 1 (TC) or 2 (AR); found {bad[:10].tolist()}", name
+            )
+        return labels
+
+
+def list_netcdf(folder: str | Path) -> list[Path]:
+    """The *.nc / *.nc4 files of a folder, sorted by name; hidden (temporary) files are skipped."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.suffix in {".nc", ".nc4"} and not p.name.startswith(".")]
+    return sorted(files)

@@ -1,0 +1,90 @@
+"""Per-channel normalisation statistics and class frequencies, portable through checkpoints.
+
+They are computed from the training split only and must travel with a trained model, so the
+object converts to and from a dict of plain Python values (`to_dict` / `from_dict`) that a
+Lightning checkpoint or Hydra config can carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Normalization:
+    variables: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_frequencies: tuple[float, ...]
+    """Fraction of training vertices in each class (BG, TC, AR)."""
+    num_samples: int
+    level: int
+    method: str
+
+    def __post_init__(self) -> None:
+        if not len(self.variables) == len(self.mean) == len(self.std):
+            raise ValueError("variables, mean and std must have the same length")
+
+    @classmethod
+    def from_partials(
+        cls,
+        variables: tuple[str, ...],
+        count: np.ndarray,
+        mean: np.ndarray,
+        m2: np.ndarray,
+        label_counts: np.ndarray,
+        level: int,
+        method: str,
+    ) -> Normalization:
+        """Combine per-sample [S, C] (count, mean, M2) with Chan's formula; [S, K] label counts."""
+        total = count.sum(0)
+        if (total == 0).any():
+            empty = [v for v, n in zip(variables, total, strict=True) if n == 0]
+            raise ValueError(f"no valid training values for {empty}")
+        grand = (count * mean).sum(0) / total
+        spread = (m2 + count * (mean - grand) ** 2).sum(0) / total
+        std = np.sqrt(spread)
+        std = np.where(std > 1e-12 * np.maximum(np.abs(grand), 1.0), std, 1.0)
+        labels = label_counts.sum(0).astype(np.float64)
+        return cls(
+            variables=tuple(variables),
+            mean=tuple(float(v) for v in grand),
+            std=tuple(float(v) for v in std),
+            class_frequencies=tuple(float(v) for v in labels / max(labels.sum(), 1.0)),
+            num_samples=int(count.shape[0]),
+            level=int(level),
+            method=str(method),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "variables": list(self.variables),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_frequencies": list(self.class_frequencies),
+            "num_samples": self.num_samples,
+            "level": self.level,
+            "method": self.method,
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping) -> Normalization:
+        return cls(
+            variables=tuple(state["variables"]),
+            mean=tuple(float(v) for v in state["mean"]),
+            std=tuple(float(v) for v in state["std"]),
+            class_frequencies=tuple(float(v) for v in state["class_frequencies"]),
+            num_samples=int(state["num_samples"]),
+            level=int(state["level"]),
+            method=str(state["method"]),
+        )
+
+    def apply(self, fields: np.ndarray) -> np.ndarray:
+        """[..., C, N] raw -> float32 normalised; vertices without data (NaN) become 0, the mean."""
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        out = (np.asarray(fields, dtype=np.float32) - mean) / std
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
