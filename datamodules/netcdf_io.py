@@ -84,7 +84,8 @@ def find_latlon_dims(ds: xr.Dataset, path: str | Path) -> tuple[str, str]:
     return found["lat"], found["lon"]
 
 
-def _find_time_dim(ds: xr.Dataset, spatial: tuple[str, str]) -> str | None:
+def find_time_dim(ds: xr.Dataset, spatial: tuple[str, str]) -> str | None:
+    """The dimension that indexes samples: named time, or CF time-like, or of datetime type."""
     for dim in ds.dims:
         if dim in spatial:
             continue
@@ -122,7 +123,7 @@ class LatLonFile:
         self.ds = open_netcdf(self.path)
         try:
             self.lat_dim, self.lon_dim = find_latlon_dims(self.ds, self.path)
-            self.time_dim = _find_time_dim(self.ds, (self.lat_dim, self.lon_dim))
+            self.time_dim = find_time_dim(self.ds, (self.lat_dim, self.lon_dim))
             self.variables = tuple(variables)
             self.label_variable = label_variable
             wanted = [*self.variables, *([label_variable] if label_variable else [])]

@@ -1,0 +1,114 @@
+"""Convert a whole lat-lon netCDF file to an icosahedral one (the `icolightning-regrid` tool).
+
+Every selected variable with both grid dimensions becomes (..., vertex); its other dimensions
+(time, levels, ...) and attributes are kept, variables without grid dimensions are copied, and
+per-vertex `lat`/`lon` coordinates are added. Integer variables (labels, masks) always use
+nearest neighbour so they stay integers. Work proceeds one time step at a time, so files
+larger than memory are fine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from datamodules.netcdf_io import DataFileError, find_latlon_dims, find_time_dim, open_netcdf
+from datamodules.regrid import METHODS, latlon_to_ico
+from icolightning.grid import IcoGrid
+
+
+def _select(
+    ds: xr.Dataset, grid_dims: tuple[str, str], variables: Sequence[str] | None, path: Path
+) -> list[str]:
+    gridded = [str(v) for v in ds.data_vars if set(grid_dims) <= set(ds[v].dims)]
+    if not variables:
+        if not gridded:
+            raise DataFileError(path, f"no variable has both grid dimensions {grid_dims}")
+        return gridded
+    for name in variables:
+        if name not in ds.data_vars:
+            available = ", ".join(sorted(map(str, ds.data_vars)))
+            raise DataFileError(path, f"not in the file; it has the variables: {available}", name)
+        if name not in gridded:
+            raise DataFileError(path, f"has dims {ds[name].dims}, not both grid dimensions {grid_dims}", name)
+    return list(variables)
+
+
+def _vertex_coords(level: int) -> dict[str, xr.DataArray]:
+    latlon = IcoGrid(level).latlon
+    return {
+        "lat": xr.DataArray(
+            latlon[:, 0], dims="vertex", attrs={"units": "degrees_north", "standard_name": "latitude"}
+        ),
+        "lon": xr.DataArray(
+            latlon[:, 1], dims="vertex", attrs={"units": "degrees_east", "standard_name": "longitude"}
+        ),
+    }
+
+
+def regrid_netcdf(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    level: int,
+    variables: Sequence[str] | None = None,
+    method: str = "bilinear",
+    progress: bool = True,
+) -> Path:
+    """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path."""
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    in_path, out_path = Path(in_path), Path(out_path)
+    with open_netcdf(in_path) as ds:
+        grid_dims = find_latlon_dims(ds, in_path)
+        names = _select(ds, grid_dims, variables, in_path)
+        lat, lon = ds[grid_dims[0]].values, ds[grid_dims[1]].values
+        n = IcoGrid(level).num_vertices
+        lead = {name: [d for d in ds[name].dims if d not in grid_dims] for name in names}
+        steps_dim = find_time_dim(ds, grid_dims) or next((dims[0] for dims in lead.values() if dims), None)
+        steps = ds.sizes[steps_dim] if steps_dim else 1
+        results = {name: np.empty((*[ds.sizes[d] for d in lead[name]], n), ds[name].dtype) for name in names}
+        for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
+            for name in names:
+                var = ds[name]
+                if steps_dim in var.dims:
+                    var = var.isel({steps_dim: t})
+                elif t > 0:
+                    continue
+                values = var.transpose(..., *grid_dims).values
+                use = "nearest" if not np.issubdtype(values.dtype, np.floating) else method
+                try:
+                    out = latlon_to_ico(values, lat, lon, level, use)
+                except ValueError as exc:
+                    raise DataFileError(in_path, str(exc), name) from exc
+                target = results[name]
+                if steps_dim in ds[name].dims:
+                    target[(slice(None),) * lead[name].index(steps_dim) + (t,)] = out
+                else:
+                    target[...] = out
+        data_vars = {
+            name: xr.DataArray(results[name], dims=(*lead[name], "vertex"), attrs=ds[name].attrs)
+            for name in names
+        }
+        keep = {
+            str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)
+        }
+        other_coords = {
+            str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims
+        }
+        out = xr.Dataset(
+            {**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs)
+        )
+        history = f"icolightning-regrid {in_path.name} --level {level} --method {method}"
+        out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
+        out.attrs["icosahedral_level"] = int(level)
+        out.load()
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    out.to_netcdf(tmp, engine="netcdf4")
+    os.replace(tmp, out_path)
+    return out_path
