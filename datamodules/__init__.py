@@ -1,5 +1,6 @@
 """LightningDataModules and the data pipeline (netCDF reading, regridding, caching, synthetic data)."""
 
 from datamodules.climate import ClimateDataModule
+from datamodules.mnist import SphericalMNISTDataModule as SphericalMNISTDataModule
 
 __all__ = ["ClimateDataModule"]

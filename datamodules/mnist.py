@@ -168,6 +168,11 @@ class SphericalMNISTDataModule(L.LightningDataModule):
         return IcoGrid(self.level).num_vertices
 
     @property
+    def data_stats(self) -> dict[str, object]:
+        """Stored in checkpoints by the classification module, so evaluation can check the grid."""
+        return {"level": self.level, "dataset": "spherical_mnist"}
+
+    @property
     def test_names(self) -> list[str]:
         """One name per test loader (its mode), so metrics read e.g. `test/acc_I`."""
         return list(self.test_modes)
