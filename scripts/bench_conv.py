@@ -40,16 +40,19 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     grid = IcoGrid(level)
     r_in = 6 if in_rep == "regular" else 1
     conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
-    x = torch.randn(batch, channels, r_in, grid.num_vertices, device=device, dtype=dtype, requires_grad=True)
-
     height, width = grid.chart_shape
+    # Charts laid out as a previous IcoConv leaves them ([B, 5, C, R, H, W] memory, permuted view).
+    charts = torch.randn(batch, 5, channels, r_in, height, width, device=device, dtype=dtype)
+    charts = charts.permute(0, 2, 3, 1, 4, 5).requires_grad_()
+    poles = torch.randn(batch, channels, r_in, 2, device=device, dtype=dtype, requires_grad=True)
+
     plain_w = torch.randn(channels * 6, channels * r_in, 3, 3, device=device, dtype=dtype, requires_grad=True)
     plain_b = torch.zeros(channels * 6, device=device, dtype=dtype, requires_grad=True)
     plain_x = torch.randn(batch, channels * r_in, 5 * height, width, device=device, dtype=dtype,
                           requires_grad=True)
 
     def ico_step() -> None:
-        out = conv(IcoSignal.from_vertices(x))
+        out = conv(IcoSignal(charts, poles))
         (out.charts.sum() + out.poles.sum()).backward()
 
     def plain_step() -> None:

@@ -118,13 +118,29 @@ def corner_table(level: int) -> CornerTable:
     return CornerTable(grid.corners.copy(), neighbours, toward, is_corner[neighbours])
 
 
+def kernel_expansion(in_orientations: int, out_orientations: int) -> np.ndarray:
+    """[R_in·7, R_out·R_in·9] matrix taking 7-tap weights to a dense 3x3 p6 kernel by one matmul.
+
+    Output orientation i uses the taps rotated by i and the input channels shifted by i; a
+    scalar output (R_out = 1) averages the 6 rotated copies, which is the invariant map.
+    """
+    orient, tap = hex_kernel_pattern(in_orientations)
+    expand = np.zeros((in_orientations * 8, ORIENTATIONS, in_orientations * 9))
+    rows = (orient * 8 + tap).reshape(ORIENTATIONS, -1)
+    for i in range(ORIENTATIONS):
+        expand[rows[i], i, np.arange(in_orientations * 9)] = 1.0
+    expand = expand.reshape(in_orientations, 8, ORIENTATIONS, -1)[:, :7].reshape(in_orientations * 7, ORIENTATIONS, -1)
+    if out_orientations == 1:
+        expand = expand.mean(1, keepdims=True)
+    return expand.reshape(in_orientations * 7, -1)
+
+
 def hex_kernel_pattern(in_orientations: int) -> tuple[np.ndarray, np.ndarray]:
     """Where each entry of a dense 3x3 p6 kernel comes from.
 
     Returns (orientation, tap), each [6, R_in, 9]: for output orientation i, input orientation
     channel r' and 3x3 position p, the weight w[..., orientation, tap] (tap 0..5 = hex direction,
-    6 = centre, 7 = the zero slot for the two corners a hexagon does not have). Output
-    orientation i uses the taps rotated by i and the input channels shifted by i.
+    6 = centre, 7 = the zero slot for the two corners a hexagon does not have).
     """
     position_of = {(dh, dw): k for k, (dh, dw) in enumerate(HEX_OFFSETS)}
     orient = np.zeros((ORIENTATIONS, in_orientations, 9), dtype=np.int64)
