@@ -171,12 +171,26 @@ class LatLonGrid:
         lat, lon = np.meshgrid(self.lat, self.lon, indexing="ij")
         return latlon_xyz(lat.reshape(-1), lon.reshape(-1))
 
+    def cap_reaches_pole(self, north: bool) -> bool:
+        """Whether the polar cap beyond the outermost row may be interpolated towards the pole.
+
+        Only for grids that go all the way round and whose outermost row is at most 1.5 row
+        spacings from the pole (Gaussian and cell-centred global grids); anything further is a
+        regional grid, and the cap is outside it.
+        """
+        lat_s = self.lat_sorted
+        gap, spacing = (
+            (90.0 - lat_s[-1], lat_s[-1] - lat_s[-2]) if north else (lat_s[0] + 90.0, lat_s[1] - lat_s[0])
+        )
+        return self.periodic and gap <= 1.5 * spacing
+
     def locate(self, tlat: np.ndarray, tlon: np.ndarray) -> tuple[np.ndarray, ...]:
         """Bilinear bracket of target points in sorted positions.
 
         Returns (covered, row0, row1, b, col0, col1, a, cap): interpolation is between rows
         row0/row1 with fraction b and columns col0/col1 with fraction a; cap is the share of the
         pole value (the mean of row0) for targets between the outermost row and the pole.
+        Targets outside a regional grid are not covered.
         """
         lat_s, lon_s = self.lat_sorted, self.lon_sorted
         nlat, nlon = lat_s.size, lon_s.size
@@ -206,9 +220,10 @@ class LatLonGrid:
         at_pole = np.abs(tlat) >= 90.0
         pole_row = np.where(tlat > 0, lat_s[-1] >= 90.0, lat_s[0] <= -90.0)
         cap = np.where(at_pole, 1.0, np.nan_to_num(cap))
+        cap_ok = np.where(tlat > 0, self.cap_reaches_pole(north=True), self.cap_reaches_pole(north=False))
         in_lat_range = ~(north | south)
-        covered = (self.periodic & (in_lat_range | north | south)) | (in_lat_range & lon_inside)
-        covered |= at_pole & (pole_row | self.periodic)
+        covered = (in_lat_range & (lon_inside | self.periodic)) | ((north | south) & cap_ok)
+        covered |= at_pole & (pole_row | cap_ok)
         return covered, row0, row1, b, col0, col1, a, cap
 
 

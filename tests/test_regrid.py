@@ -157,6 +157,14 @@ def test_regional_grid_leaves_outside_targets_nan_and_refuses_integer_gaps() -> 
     np.testing.assert_array_equal(np.isnan(nearest), ~inside)
 
 
+def test_global_band_does_not_extrapolate_towards_the_poles() -> None:
+    lat, lon = np.linspace(-60, 60, 25), np.arange(72) * 5.0
+    ico = IcoGrid(3)
+    out = latlon_to_ico(sample(lat, lon), lat, lon, 3)
+    inside = np.abs(ico.latlon[:, 0]) <= 60
+    assert np.isfinite(out[inside]).all() and np.isnan(out[~inside]).all()
+
+
 def test_matrices_are_cached_per_grid_and_level() -> None:
     lat, lon = pole_grid(24, 48)
     first = regrid_matrix(lat, lon, 2, "bilinear")
@@ -256,7 +264,7 @@ def test_real_sst_with_land_mask_handles_fill_values_explicitly() -> None:
 def test_real_polar_cap_with_a_pole_row_and_negative_longitudes() -> None:
     """eofs' DJF 500 hPa height: 20–90°N, longitudes −80..40, rows include the pole itself."""
     path = package_data("eofs", "examples/example_data/hgt_djf.nc")
-    with xr.open_dataset(path) as ds:
+    with xr.open_dataset(path, decode_times=False) as ds:
         z = ds["z"].values
         lat, lon = ds["latitude"].values, ds["longitude"].values
     assert lat.max() == 90.0 and lon.min() < 0
