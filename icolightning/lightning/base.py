@@ -1,0 +1,123 @@
+"""What the segmentation and classification modules share: building the network from a config
+dict, optimiser and scheduler from config, optional compilation, and checkpoints that load
+with ``torch.load(weights_only=True)`` whether or not either side was compiled."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from icolightning.lightning.config import to_primitive
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
+COMPILE_PREFIX = "_orig_mod."
+# Arguments a scheduler needs for its horizon, filled in from the trainer when the config omits them.
+_HORIZON_ARGS = ("total_steps", "T_max", "total_iters")
+
+
+def strip_compile_prefix(state_dict: Mapping[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+    """Rename keys so that a compiled network's state loads into an uncompiled one and back.
+
+    `torch.compile(module)` wraps the module, so its keys read `net._orig_mod.x` instead of
+    `net.x`. Keys are matched to `expected` after removing the prefix from both sides.
+    """
+    canonical = {key.replace(COMPILE_PREFIX, ""): key for key in expected}
+    return {canonical.get(key.replace(COMPILE_PREFIX, ""), key): value for key, value in state_dict.items()}
+
+
+def datamodule_stats(datamodule: Any) -> dict[str, Any] | None:
+    """The datamodule's normalisation statistics and class frequencies as plain values.
+
+    ClimateDataModule exposes them as `normalization` (with `to_dict()`), available after its
+    setup; datamodules without statistics (spherical MNIST) give None.
+    """
+    stats = getattr(datamodule, "normalization", None) if datamodule is not None else None
+    if stats is None:
+        return None
+    return to_primitive(stats.to_dict() if hasattr(stats, "to_dict") else dict(stats))
+
+
+class IcoTask(L.LightningModule):
+    """Base LightningModule around any `nn.Module` network.
+
+    Args:
+        net: a Hydra config dict with `_target_` (stored in the checkpoint, so the network is
+            rebuilt at load time) or an already built module (then pass it again when loading).
+        optimizer: config dict of a `torch.optim` class (parameters are passed in here).
+        scheduler: optional config dict of an LR scheduler plus `interval` ("step" or "epoch")
+            and `monitor`; `total_steps` / `T_max` / `total_iters` default to the training horizon.
+        compile: compile the network with `nn.Module.compile` (True, or a backend name).
+        data_stats: normalisation statistics and other facts about the training data that
+            eval/predict need (filled in from the datamodule when fitting starts).
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any] | nn.Module,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        compile: bool | str = False,
+        data_stats: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"] if isinstance(net, nn.Module) else None)
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = to_primitive(value)
+        self.net = net if isinstance(net, nn.Module) else hydra.utils.instantiate(to_primitive(net))
+        if compile:
+            self.net.compile(**({"backend": compile} if isinstance(compile, str) else {}))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # ------------------------------------------------------------------ data statistics
+    def setup(self, stage: str) -> None:
+        """Take the training-split statistics from the datamodule (its `normalization`), if any."""
+        if stage == "fit":
+            stats = datamodule_stats(self.trainer.datamodule)
+            if stats:
+                self.hparams["data_stats"] = stats
+
+    @property
+    def data_stats(self) -> dict[str, Any]:
+        return dict(self.hparams.get("data_stats") or {})
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        optimizer = hydra.utils.instantiate(cfg, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        cfg = dict(self.hparams.scheduler)
+        interval = cfg.pop("interval", "epoch")
+        monitor = cfg.pop("monitor", "val/loss")
+        params = inspect.signature(hydra.utils.get_class(cfg["_target_"])).parameters
+        horizon = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        for name in _HORIZON_ARGS:
+            if name in params and name not in cfg:
+                cfg[name] = int(horizon)
+        scheduler = hydra.utils.instantiate(cfg, optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the module class so `load_module` can rebuild any task from the file alone."""
+        checkpoint["icolightning_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"], set(self.state_dict()))
+
+
+def load_module(ckpt_path: str, map_location: str | torch.device | None = "cpu", **overrides: Any) -> IcoTask:
+    """Rebuild the task stored in a checkpoint (weights-only load: no pickled code runs)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    name = checkpoint.get("icolightning_module", "icolightning.lightning.SegmentationModule")
+    cls = hydra.utils.get_class(name)
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location, weights_only=True, **overrides)

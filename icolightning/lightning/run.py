@@ -1,0 +1,179 @@
+"""The jobs behind `icolightning-train` and `icolightning-eval`, as plain functions of a composed
+Hydra config, so tests can run them in-process and the entry points stay thin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from icolightning.grid import IcoGrid
+from icolightning.lightning.base import IcoTask, load_module
+from icolightning.lightning.config import instantiate_list, instantiate_module, to_primitive
+from icolightning.lightning.segmentation import SegmentationModule
+from icolightning.plots import save_confusion_matrix, save_mask_maps
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+"""The Hydra config tree (conf/ at the repository root; the package is installed editable)."""
+
+
+# ---------------------------------------------------------------------------------- guards and paths
+def refuse_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning's DDP re-runs the command line once per extra rank; under a Hydra multirun
+    (`-m`) that command line is the whole sweep, so every rank would start a sweep of its own."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if strategy.startswith("ddp") and "spawn" not in strategy:
+        raise SystemExit(
+            f"Hydra multirun (-m) cannot be combined with trainer.strategy={strategy}: Lightning launches "
+            "the other DDP ranks by re-running the command line, which would re-launch the sweep in every "
+            "rank. Run one command per configuration (e.g. a loop or a SLURM array), or use "
+            "trainer.strategy=ddp_spawn for a sweep."
+        )
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """"last" → the newest of the run's last*.ckpt and SLURM pre-emption hpc_ckpt_*.ckpt (None when
+    the run has none yet, so the same command starts and resumes a job); paths pass through."""
+    if ckpt_path != "last":
+        return ckpt_path
+    candidates = [*run_dir.glob("checkpoints/**/last*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    if not candidates:
+        log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", run_dir)
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
+
+
+def ensure_synthetic_data(cfg: DictConfig) -> None:
+    """Generate the synthetic ClimateNet-layout set on first use (synthetic data configs only)."""
+    spec = cfg.get("synthetic")
+    if not spec:
+        return
+    data_dir = Path(cfg.data.data_dir)
+    if (data_dir / "train").is_dir() and any((data_dir / "train").glob("*.nc")):
+        return
+    log.info("generating synthetic ClimateNet-layout data in %s (first use)", data_dir)
+    hydra.utils.instantiate(spec, str(data_dir))
+
+
+# ---------------------------------------------------------------------------------- results
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Tensor/number metrics → JSON-friendly floats (NaN becomes null)."""
+    out = {}
+    for key, value in metrics.items():
+        number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        out[key] = None if math.isnan(number) else number
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def metrics_table(metrics: dict[str, float | None]) -> str:
+    width = max(map(len, metrics), default=0)
+    rows = [f"{key:<{width}}  {'n/a' if value is None else f'{value:.4f}'}" for key, value in metrics.items()]
+    return "\n".join(rows)
+
+
+@torch.no_grad()
+def save_segmentation_maps(model: SegmentationModule, datamodule: L.LightningDataModule, level: int,
+                           path: Path, samples: int = 2, title: str = "") -> Path:
+    """Maps of truth vs prediction for the first test samples, over the first input field."""
+    model.eval()
+    x, y = next(iter(datamodule.test_dataloader()))
+    x, y = x[:samples].to(model.device), y[:samples]
+    prediction = model(x).argmax(1).cpu().numpy()
+    variables = list(model.data_stats.get("variables") or [])
+    channel = variables.index("TMQ") if "TMQ" in variables else 0
+    background = x[:, channel].float().cpu().numpy()
+    return save_mask_maps(path, IcoGrid(level).latlon, y.numpy(), prediction, model.class_names,
+                          background=background, title=title)
+
+
+# ---------------------------------------------------------------------------------- train
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, and leave metrics.json and figures in the run folder."""
+    refuse_multirun_ddp(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    ensure_synthetic_data(cfg)
+    run_dir = output_dir(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model: IcoTask = instantiate_module(cfg.model)
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=loggers or False
+    )
+    results: dict[str, Any] = {"run_dir": str(run_dir), "config": to_primitive(cfg.model)}
+    if cfg.train:
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
+                    weights_only=True)
+        results["fit_seconds"] = round(time.perf_counter() - started, 1)
+        results["global_step"] = trainer.global_step
+        results["epochs"] = trainer.current_epoch
+        metrics = trainer.callback_metrics
+        results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    results["best_checkpoint"] = best
+    if best:
+        results["best_score"] = float(trainer.checkpoint_callback.best_model_score)
+    if cfg.test:
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        results["test"] = scalar_metrics({k: v for d in tested for k, v in d.items()})
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", results)
+        if cfg.get("plots") and cfg.test and isinstance(model, SegmentationModule):
+            save_segmentation_maps(model, datamodule, cfg.data.level, run_dir / "prediction_map.png",
+                                   title=f"{cfg.name}: test samples, best checkpoint")
+        log.info("results in %s:\n%s", run_dir, metrics_table(results.get("test", {})))
+    return results
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test-split metrics of a checkpoint: printed table, metrics.json, confusion and map PNGs."""
+    L.seed_everything(cfg.seed, workers=True)
+    ensure_synthetic_data(cfg)
+    run_dir = output_dir(cfg)
+    model = load_module(cfg.ckpt_path)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    if model.data_stats and hasattr(datamodule, "set_normalization"):
+        # The training statistics, not ones recomputed from whatever train/ is next to test/;
+        # this also refuses data with other variables or another level than the checkpoint's.
+        datamodule.set_normalization(model.data_stats)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    tested = trainer.test(model, datamodule=datamodule)
+    metrics = scalar_metrics({k: v for d in tested for k, v in d.items()})
+    results = {"checkpoint": str(cfg.ckpt_path), "test": metrics}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", results)
+        print(metrics_table(metrics))
+        if isinstance(model, SegmentationModule):
+            confusion = np.asarray(model.test_confusion)
+            save_confusion_matrix(run_dir / "confusion_matrix.png", confusion, model.class_names)
+            save_segmentation_maps(model, datamodule, cfg.data.level, run_dir / "prediction_map.png",
+                                   samples=cfg.num_map_samples, title=f"{Path(cfg.ckpt_path).name}: test")
+        print(f"metrics and figures in {run_dir}")
+    return results

@@ -1,0 +1,84 @@
+"""Figures for runs and evaluations: masks on a lat/lon map, and the confusion matrix.
+
+Matplotlib's object API only (no pyplot state, no cartographic package): vertex values are
+drawn over an equirectangular lat/lon frame, with an input field (e.g. TMQ) as grey background
+for orientation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.tri import Triangulation
+
+CLASS_COLOURS = {"TC": "#d62728", "AR": "#1f77b4"}
+_EXTRA_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _class_colours(class_names: Sequence[str]) -> dict[int, str]:
+    """Colour per non-background class id (class 0 is background and stays undrawn)."""
+    extra = iter(_EXTRA_COLOURS)
+    return {i: CLASS_COLOURS.get(name) or next(extra) for i, name in enumerate(class_names) if i > 0}
+
+
+def _draw_panel(ax, latlon: np.ndarray, labels: np.ndarray, background: np.ndarray | None,
+                class_names: Sequence[str], title: str) -> None:
+    lat, lon = latlon[:, 0], latlon[:, 1]
+    if background is not None:
+        ax.tripcolor(Triangulation(lon, lat), background, shading="gouraud", cmap="Greys_r", rasterized=True)
+    size = max(0.5, 4e4 / len(lat))
+    for cls, colour in _class_colours(class_names).items():
+        hit = labels == cls
+        ax.scatter(lon[hit], lat[hit], s=size, c=colour, marker="o", linewidths=0,
+                   label=f"{class_names[cls]} ({hit.mean():.1%})")
+    ax.set(xlim=(0, 360), ylim=(-90, 90), xlabel="longitude (°E)", ylabel="latitude (°)", title=title)
+    ax.set_xticks(np.arange(0, 361, 60))
+    ax.set_yticks(np.arange(-90, 91, 30))
+    ax.set_aspect("equal")
+    ax.legend(loc="lower left", fontsize=7, markerscale=max(1.0, 6 / size**0.5))
+
+
+def save_mask_maps(path: str | Path, latlon: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                   class_names: Sequence[str], background: np.ndarray | None = None,
+                   title: str = "") -> Path:
+    """Side-by-side maps of true and predicted vertex masks ([S, N] or [N] class ids)."""
+    truth, prediction = np.atleast_2d(truth), np.atleast_2d(prediction)
+    backgrounds = [None] * len(truth) if background is None else np.atleast_2d(background)
+    fig = Figure(figsize=(13, 3.6 * len(truth)))
+    axes = fig.subplots(len(truth), 2, squeeze=False)
+    for row, (t, p, bg) in enumerate(zip(truth, prediction, backgrounds, strict=True)):
+        _draw_panel(axes[row, 0], latlon, t, bg, class_names, f"truth (sample {row})")
+        _draw_panel(axes[row, 1], latlon, p, bg, class_names, f"prediction (sample {row})")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def save_confusion_matrix(path: str | Path, confusion: np.ndarray, class_names: Sequence[str],
+                          title: str = "") -> Path:
+    """Row-normalised confusion matrix (recall on the diagonal) annotated with raw counts."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(4.8, 4.2))
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{rates[i, j]:.1%}\n{int(confusion[i, j]):,}", ha="center", va="center",
+                    fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
+    ticks = np.arange(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true", title=title or "confusion matrix (vertices)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
