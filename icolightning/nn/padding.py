@@ -48,7 +48,7 @@ def _offsets(chart: torch.Tensor, pos: torch.Tensor, shift: torch.Tensor, channe
 
 class _GaugePadFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, charts, poles, pad: GaugePad):  # noqa: ANN001 - autograd signature
+    def forward(ctx, charts, poles, pad: GaugePad):
         b, c, r = charts.shape[:3]
         h, w = charts.shape[-2:]
         plane = (h + 2) * (w + 2)
@@ -56,10 +56,10 @@ class _GaugePadFunction(torch.autograd.Function):
         buf[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
         flat = buf.view(b, -1)
 
-        def read(chart, pos, shift):  # noqa: ANN001, ANN202
+        def read(chart, pos, shift):
             return flat.index_select(1, _offsets(chart, pos, shift, c, r, plane).flatten()).view(b, c, r, -1)
 
-        def write(chart, pos, values):  # noqa: ANN001, ANN202
+        def write(chart, pos, values):
             flat.index_copy_(1, _offsets(chart, pos, 0, c, r, plane).flatten(), values.reshape(b, -1))
 
         means = torch.cat([read(pad.cc, pad.corner_pad_pos, 0).mean(2), poles.mean(2)], dim=-1)
@@ -75,7 +75,7 @@ class _GaugePadFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_buf, g_patches, g_own, g_nb):  # noqa: ANN001 - autograd signature
+    def backward(ctx, g_buf, g_patches, g_own, g_nb):
         pad: GaugePad = ctx.pad
         charts_shape, poles_shape = ctx.shapes
         b, c, r, _, h, w = charts_shape
@@ -84,7 +84,7 @@ class _GaugePadFunction(torch.autograd.Function):
         g_flat, flat = g_buf.view(b, -1), grad.view(b, -1)
         plane = (h + 2) * (w + 2)
 
-        def read(chart, pos):  # noqa: ANN001, ANN202
+        def read(chart, pos):
             return g_flat.index_select(1, _offsets(chart, pos, 0, c, r, plane).flatten()).view(b, c, r, -1)
 
         g_patches = g_patches.reshape(b, c, r, 90)
@@ -164,7 +164,8 @@ class GaugePad(nn.Module):
             "cc": corner_pix[:, 0], "corner_pad_pos": (corner_pix[:, 1] + 1) * (width + 2) + corner_pix[:, 2] + 1,
             "corner_pos": corner_pix[:, 1] * width + corner_pix[:, 2],
             "patch_chart": np.repeat(corner_pix[:, 0], 9), "patch_pos": patch_pad_pos.ravel(),
-            "patch_regular": np.flatnonzero(patch_kind == REGULAR), "patch_corner": np.flatnonzero(patch_kind == CORNER),
+            "patch_regular": np.flatnonzero(patch_kind == REGULAR),
+            "patch_corner": np.flatnonzero(patch_kind == CORNER),
             "nb_chart": nb_chart, "nb_pad_pos": (nb_h + 1) * (width + 2) + nb_w + 1,
             "nb_toward": corners.toward.ravel(), "nb_regular": np.flatnonzero(~nb_is_corner),
             "nb_slot": np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),

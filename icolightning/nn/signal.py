@@ -71,7 +71,7 @@ def cat_signals(signals: list[IcoSignal]) -> IcoSignal:
 
 def _height_from_count(n_chart: int) -> int:
     quarter = n_chart // 10
-    height = int(round(quarter**0.5))
+    height = round(quarter**0.5)
     if n_chart != 10 * height * height or height != 2 ** (height.bit_length() - 1):
         raise ValueError(f"{n_chart + 2} is not an icosahedral vertex count 10*4^r + 2")
     return height

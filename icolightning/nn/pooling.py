@@ -1,0 +1,100 @@
+"""Changing level and orientation: hex pooling (r -> r-1), interpolating upsampling (r-1 -> r),
+orientation pooling (regular -> scalar).
+
+Level r-1 vertices are the level-r vertices at even chart coordinates with aligned frames, so
+both directions work on the gauge-padded charts with plain strided slices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from icolightning.grid import HEX_OFFSETS, IcoGrid
+from icolightning.nn.padding import GaugePad
+from icolightning.nn.signal import IcoSignal
+
+POOL_MODES = ("max", "mean")
+
+
+def _reduce(stacked: torch.Tensor, mode: str, dim: int) -> torch.Tensor:
+    return stacked.amax(dim) if mode == "max" else stacked.mean(dim)
+
+
+class HexPool(nn.Module):
+    """Mean or max over each level-(r-1) vertex's 7-neighbourhood at level r (stride 2).
+
+    Regular channels are pooled orientation by orientation (all in the same chart frame after
+    gauge padding). Corners pool the orientation means of themselves and their 5 neighbours.
+    """
+
+    def __init__(self, level: int, mode: str = "max") -> None:
+        super().__init__()
+        if level < 1:
+            raise ValueError(f"HexPool needs level >= 1 (it outputs level - 1), got {level}")
+        if mode not in POOL_MODES:
+            raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
+        self.level, self.mode = level, mode
+        self.pad = GaugePad(level)
+        out = IcoGrid(level - 1).chart_corner_pixels()
+        for k, name in enumerate(("out_c", "out_h", "out_w")):
+            self.register_buffer(name, torch.as_tensor(out[:, k]), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"level={self.level} -> {self.level - 1}, mode={self.mode}"
+
+    def forward(self, x: IcoSignal) -> IcoSignal:
+        padded = self.pad(x)
+        h, w = x.charts.shape[-2:]
+        windows = [padded.buf[..., 1 + dh: 1 + dh + h: 2, 1 + dw: 1 + dw + w: 2]
+                   for dh, dw in ((0, 0), *HEX_OFFSETS)]
+        pooled = _reduce(torch.stack(windows), self.mode, 0)
+        neighbourhood = torch.cat([padded.corner_own[..., None], padded.corner_neighbours.mean(2)], dim=-1)
+        corners = _reduce(neighbourhood, self.mode, -1)
+        by_pixel = pooled.permute(1, 4, 5, 0, 2, 3)
+        values = corners[:, :, None, :10].permute(3, 0, 1, 2).expand(-1, -1, -1, by_pixel.shape[-1])
+        by_pixel = by_pixel.index_put((self.out_c, self.out_h, self.out_w), values)
+        b, c, r = by_pixel.shape[3:]
+        return IcoSignal(by_pixel.permute(3, 4, 5, 0, 1, 2), corners[:, :, None, 10:].expand(b, c, r, 2))
+
+
+class IcoUpsample(nn.Module):
+    """Level r -> r+1 by interpolation: old vertices keep their value, a new vertex (an edge
+    midpoint) takes the mean of the edge's two endpoints, read from the gauge-padded charts."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+        self.pad = GaugePad(level)
+
+    def extra_repr(self) -> str:
+        return f"level={self.level} -> {self.level + 1}"
+
+    def forward(self, x: IcoSignal) -> IcoSignal:
+        buf = self.pad(x).buf
+        h, w = x.charts.shape[-2:]
+        here = buf[..., 1:h + 1, 1:w + 1]
+        along_w = (here + buf[..., 1:h + 1, 2:w + 2]) / 2
+        along_h = (here + buf[..., 2:h + 2, 1:w + 1]) / 2
+        diagonal = (here + buf[..., 2:h + 2, 2:w + 2]) / 2
+        even_rows = torch.stack([here, along_w], dim=-1).flatten(-2)
+        odd_rows = torch.stack([along_h, diagonal], dim=-1).flatten(-2)
+        fine = torch.stack([even_rows, odd_rows], dim=-2).flatten(-3, -2)
+        poles = x.poles.mean(2, keepdim=True).expand_as(x.poles)
+        return IcoSignal(fine.permute(0, 2, 3, 1, 4, 5), poles)
+
+
+class OrientationPool(nn.Module):
+    """Regular -> scalar by the mean or max over the 6 orientation channels (invariant)."""
+
+    def __init__(self, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"orientation pool mode must be one of {POOL_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+    def forward(self, x: IcoSignal) -> IcoSignal:
+        return x.map(lambda t: _reduce(t, self.mode, 2).unsqueeze(2))
