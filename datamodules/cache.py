@@ -116,9 +116,7 @@ class CacheEntry:
             for name, (shape, dtype) in expected.items():
                 array = getattr(self, name)()
                 if array.shape != shape or array.dtype != dtype:
-                    raise CacheError(
-                        f"{name}.npy is {array.dtype}{array.shape}, expected {dtype.__name__}{shape}"
-                    )
+                    raise CacheError(f"{name}.npy is {array.dtype}{array.shape}, expected {dtype.__name__}{shape}")
             stats = self.stats()
             if stats["count"].shape != (steps, channels) or stats["label_counts"].shape != (
                 steps,
@@ -160,28 +158,20 @@ def _write_entry(source: Path, config: PreprocessConfig, tmp: Path) -> list[str]
         slab = _time_slab(channels, (data.lat.size, data.lon.size))
         for start in range(0, steps, slab):
             stop = min(steps, start + slab)
-            raw = data.read_fields(start, stop)
-            missing = np.isnan(raw).sum(axis=(0, 2, 3))
+            ico, missing = data.read_vertices(config.level, config.method, start, stop)
             if config.nan_policy == "raise" and missing.any():
                 bad = [v for v, k in zip(config.variables, missing, strict=True) if k]
-                raise DataFileError(
-                    source, f"{int(missing.sum())} missing (NaN/_FillValue) values", ", ".join(bad)
-                )
+                raise DataFileError(source, f"{int(missing.sum())} missing (NaN/_FillValue) values", ", ".join(bad))
             nan_sources += missing
-            ico = latlon_to_ico(raw, data.lat, data.lon, config.level, config.method)
             nan_vertices += np.isnan(ico).sum(axis=(0, 2))
             fields[start:stop] = ico
             count[start:stop], mean[start:stop], m2[start:stop] = _partial_stats(ico)
             try:
-                ico_labels = latlon_to_ico(
-                    data.read_labels(start, stop), data.lat, data.lon, config.level, "nearest"
-                )
+                ico_labels = latlon_to_ico(data.read_labels(start, stop), data.lat, data.lon, config.level, "nearest")
             except ValueError as exc:
                 if isinstance(exc, DataFileError):
                     raise
-                raise DataFileError(
-                    source, f"grid does not cover the sphere ({exc})", config.label_variable
-                ) from exc
+                raise DataFileError(source, f"grid does not cover the sphere ({exc})", config.label_variable) from exc
             labels[start:stop] = ico_labels
             label_counts[start:stop] = np.stack([(ico_labels == k).sum(-1) for k in range(NUM_CLASSES)], -1)
         fields.flush()
@@ -292,9 +282,7 @@ def ensure_cache(
                 CacheEntry(path).check(config)
                 continue
             except CacheError as exc:
-                warnings.warn(
-                    f"rebuilding unreadable cache entry for {source}: {exc}", RuntimeWarning, stacklevel=2
-                )
+                warnings.warn(f"rebuilding unreadable cache entry for {source}: {exc}", RuntimeWarning, stacklevel=2)
                 _discard(path)
         todo.append(Path(source))
     messages: list[str] = []

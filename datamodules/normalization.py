@@ -84,7 +84,7 @@ class Normalization:
 
     def apply(self, fields: np.ndarray) -> np.ndarray:
         """[..., C, N] raw -> float32 normalised; vertices without data (NaN) become 0, the mean."""
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None]
-        out = (np.asarray(fields, dtype=np.float32) - mean) / std
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        out = np.array(fields, dtype=np.float32)
+        out -= np.asarray(self.mean, dtype=np.float32)[:, None]
+        out *= 1.0 / np.asarray(self.std, dtype=np.float32)[:, None]
+        return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)

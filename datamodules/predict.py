@@ -19,7 +19,7 @@ import xarray as xr
 
 from datamodules.netcdf_io import LatLonFile
 from datamodules.normalization import Normalization
-from datamodules.regrid import ico_to_latlon, latlon_to_ico
+from datamodules.regrid import ico_to_latlon
 from datamodules.synthetic import CLASS_NAMES
 
 
@@ -49,12 +49,9 @@ def load_for_prediction(
     fixes the variables, the level and, unless `method` is given, the regridding method.
     Missing values are skipped when regridding and vertices without data get the training mean.
     """
-    norm = (
-        normalization if isinstance(normalization, Normalization) else Normalization.from_dict(normalization)
-    )
+    norm = normalization if isinstance(normalization, Normalization) else Normalization.from_dict(normalization)
     with LatLonFile(path, norm.variables) as data:
-        raw = data.read_fields()
-        ico = latlon_to_ico(raw, data.lat, data.lon, norm.level, method or norm.method)
+        ico, _ = data.read_vertices(norm.level, method or norm.method)
         keep = [d for d in (data.time_dim, data.lat_dim, data.lon_dim) if d and d in data.ds.variables]
         coords = data.ds[keep].load() if keep else xr.Dataset()
         nan_vertices = dict(zip(norm.variables, np.isnan(ico).sum(axis=(0, 2)).tolist(), strict=True))
@@ -102,9 +99,7 @@ def write_prediction(
         "flag_meanings": " ".join(CLASS_NAMES),
     }
     if probabilities is not None:
-        probs = ico_to_latlon(
-            _numpy(probabilities).astype(np.float32), inputs.lat, inputs.lon, method="bilinear"
-        )
+        probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), inputs.lat, inputs.lon, method="bilinear")
         out["PROBABILITIES"] = xr.DataArray(probs, dims=(dims[0], "class", *dims[1:]))
         out["PROBABILITIES"].attrs = {
             "long_name": "Predicted class probabilities",

@@ -13,6 +13,7 @@ Any CF ordering is accepted (ascending or descending latitude, longitudes in [0,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +36,85 @@ def latlon_xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Unit vectors [..., 3] of points given in degrees."""
     phi, lam = np.deg2rad(np.asarray(lat, np.float64)), np.deg2rad(np.asarray(lon, np.float64))
     return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
+
+
+_NARROW = 4
+"""Rows with at most this many weights (all bilinear and barycentric rows) use fixed-width sums."""
+
+
+def _sum_narrow(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return np.einsum("kt,kt->t", values, weights)
+
+
+def _combine(values: np.ndarray, weights: np.ndarray, reduce, skipna: bool) -> np.ndarray:
+    """reduce(values, weights), or with skipna the NaN-free weighted mean of each target."""
+    missing = np.isnan(values)
+    if not (skipna and missing.any()):
+        return reduce(values, weights)
+    sums = reduce(np.where(missing, 0, values), weights)
+    totals = reduce((~missing).astype(values.dtype), weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, sums / totals, np.nan).astype(values.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class _ApplyPlan:
+    """A CSR matrix arranged for speed, one source row at a time.
+
+    The needed source values are gathered once in ascending memory order (prefetch friendly;
+    this gather is most of the cost), then rows with up to 4 weights are summed as a dense
+    [4, rows] einsum and the few wide rows (polar caps averaging a whole ring) by reduceat.
+    Padding repeats a real source of the row with weight 0, so NaN propagation is unchanged.
+    """
+
+    num_targets: int
+    sources: np.ndarray
+    narrow_rows: np.ndarray
+    narrow_pos: np.ndarray
+    narrow_w: np.ndarray
+    wide_rows: np.ndarray
+    wide_pos: np.ndarray
+    wide_w: np.ndarray
+    wide_starts: np.ndarray
+
+    @classmethod
+    def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> _ApplyPlan:
+        sources, position = np.unique(indices, return_inverse=True)
+        counts = np.diff(indptr)
+        narrow = np.flatnonzero((counts > 0) & (counts <= _NARROW))
+        slot = np.arange(_NARROW)[:, None]
+        real = slot < counts[narrow][None, :]
+        entry = indptr[narrow][None, :] + np.where(real, slot, 0)
+        wide = np.flatnonzero(counts > _NARROW)
+        wide_entries = [np.arange(indptr[r], indptr[r + 1]) for r in wide]
+        wide_entries = np.concatenate(wide_entries) if wide.size else np.zeros(0, np.int64)
+        return cls(
+            num_targets=len(indptr) - 1,
+            sources=sources,
+            narrow_rows=narrow,
+            narrow_pos=position[entry],
+            narrow_w=np.where(real, weights[entry], 0.0),
+            wide_rows=wide,
+            wide_pos=position[wide_entries],
+            wide_w=weights[wide_entries],
+            wide_starts=np.concatenate([[0], np.cumsum(counts[wide])[:-1]]).astype(np.int64),
+        )
+
+    def apply(self, flat: np.ndarray, skipna: bool) -> np.ndarray:
+        """[B, num_sources] float -> [B, num_targets]; rows without weights are NaN."""
+        dtype = flat.dtype
+        narrow_w, wide_w = self.narrow_w.astype(dtype), self.wide_w.astype(dtype)
+
+        def sum_wide(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values * weights, self.wide_starts)
+
+        out = np.full((flat.shape[0], self.num_targets), np.nan, dtype=dtype)
+        for row, values in zip(out, flat, strict=True):
+            gathered = np.take(values, self.sources)
+            row[self.narrow_rows] = _combine(np.take(gathered, self.narrow_pos), narrow_w, _sum_narrow, skipna)
+            if self.wide_rows.size:
+                row[self.wide_rows] = _combine(np.take(gathered, self.wide_pos), wide_w, sum_wide, skipna)
+        return out
 
 
 @dataclass(frozen=True)
@@ -79,24 +159,11 @@ class RegridMatrix:
         if self.selection:
             return self._gather(flat).reshape(*lead, self.num_targets)
         dtype = flat.dtype if np.issubdtype(flat.dtype, np.floating) else np.float64
-        flat = flat.astype(dtype, copy=False)
-        weights = self.weights.astype(dtype)
-        gathered = flat[:, self.indices]
-        rows = np.flatnonzero(self.covered)
-        starts = self.indptr[rows]
-        out = np.full((flat.shape[0], self.num_targets), np.nan, dtype=dtype)
-        if rows.size == 0:
-            return out.reshape(*lead, self.num_targets)
-        valid = ~np.isnan(gathered)
-        if valid.all() or not skipna:
-            out[:, rows] = np.add.reduceat(gathered * weights, starts, axis=1)
-        else:
-            kept = np.where(valid, weights, 0)
-            total = np.add.reduceat(kept, starts, axis=1)
-            sums = np.add.reduceat(np.where(valid, gathered, 0) * kept, starts, axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[:, rows] = np.where(total > 0, sums / total, np.nan)
-        return out.reshape(*lead, self.num_targets)
+        return self._plan.apply(flat.astype(dtype, copy=False), skipna).reshape(*lead, self.num_targets)
+
+    @functools.cached_property
+    def _plan(self) -> _ApplyPlan:
+        return _ApplyPlan.from_csr(self.indptr, self.indices, self.weights)
 
     def _gather(self, flat: np.ndarray) -> np.ndarray:
         covered = self.covered
@@ -179,9 +246,7 @@ class LatLonGrid:
         regional grid, and the cap is outside it.
         """
         lat_s = self.lat_sorted
-        gap, spacing = (
-            (90.0 - lat_s[-1], lat_s[-1] - lat_s[-2]) if north else (lat_s[0] + 90.0, lat_s[1] - lat_s[0])
-        )
+        gap, spacing = (90.0 - lat_s[-1], lat_s[-1] - lat_s[-2]) if north else (lat_s[0] + 90.0, lat_s[1] - lat_s[0])
         return self.periodic and gap <= 1.5 * spacing
 
     def locate(self, tlat: np.ndarray, tlon: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -318,13 +383,16 @@ def _locate(
 _MATRICES: OrderedDict[tuple, RegridMatrix] = OrderedDict()
 
 
+def clear_matrix_cache() -> None:
+    """Forget all cached matrices (for benchmarks, or to free memory)."""
+    _MATRICES.clear()
+
+
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float64).tobytes()).hexdigest()
 
 
-def regrid_matrix(
-    lat: np.ndarray, lon: np.ndarray, level: int, method: Method, to_ico: bool = True
-) -> RegridMatrix:
+def regrid_matrix(lat: np.ndarray, lon: np.ndarray, level: int, method: Method, to_ico: bool = True) -> RegridMatrix:
     """The (cached) matrix between a lat-lon grid and an icosahedral level, either direction."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,0 +1,141 @@
+"""Benchmark the climate pipeline against DESIGN §7.
+
+1. One ClimateNet-size synthetic file (16 x 768 x 1152 float32) to level 5: reading the 16
+   variables alone vs reading + regridding vs xarray's `.interp` on the same vertex points.
+   Targets: read+regrid <= 1.5x read; regridding >= 20x faster than `.interp`.
+2. The loader: samples per second from the cache (level 5, 16 channels) with 0 and 2 workers.
+
+Usage: python scripts/bench_regrid.py [--repeats 5] [--interp-variables 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from datamodules import ClimateDataModule
+from datamodules.climate import ALL16
+from datamodules.netcdf_io import LatLonFile
+from datamodules.regrid import clear_matrix_cache, latlon_to_ico
+from datamodules.synthetic import generate_dataset
+from icolightning.grid import IcoGrid
+
+
+def best_of(repeats: int, work: Callable[[], object]) -> float:
+    """Minimum wall time over repeats: the least disturbed run on a shared machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def read(path: Path) -> np.ndarray:
+    with LatLonFile(path, ALL16) as data:
+        return data.read_fields()
+
+
+def read_and_regrid(path: Path, level: int) -> np.ndarray:
+    """What the cache builder does: each variable regridded right after it is read."""
+    with LatLonFile(path, ALL16) as data:
+        return data.read_vertices(level)[0]
+
+
+def regrid_in_memory(fields: np.ndarray, lat: np.ndarray, lon: np.ndarray, level: int) -> np.ndarray:
+    """Regridding alone, one variable at a time, on fields already in memory (like `.interp`)."""
+    return np.stack([latlon_to_ico(fields[:, c], lat, lon, level) for c in range(fields.shape[1])], axis=1)
+
+
+def interp(fields: xr.DataArray, level: int) -> np.ndarray:
+    """xarray's linear `.interp` at the vertex points, on fields already in memory."""
+    vlat, vlon = IcoGrid(level).latlon.T
+    points = {"lat": xr.DataArray(vlat, dims="vertex"), "lon": xr.DataArray(vlon, dims="vertex")}
+    return fields.interp(points, method="linear").values
+
+
+def loader_rate(data_dir: Path, cache: Path, workers: int, epochs: int) -> float:
+    dm = ClimateDataModule(
+        data_dir,
+        level=5,
+        variables="all16",
+        cache_dir=cache,
+        batch_size=8,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        val_fraction=0.0,
+        progress=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    next(iter(loader))
+    start = time.perf_counter()
+    seen = sum(x.shape[0] for _ in range(epochs) for x, _ in loader)
+    return seen / (time.perf_counter() - start)
+
+
+def row(label: str, seconds: float, note: str = "") -> None:
+    print(f"{label:<46}{seconds * 1e3:9.1f} ms{note}")
+
+
+def verdict(label: str, value: float, target: str, ok: bool) -> None:
+    print(f"{label:<46}{value:9.2f} x   (target {target}: {'ok' if ok else 'MISSED'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--level", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--interp-variables", type=int, default=4, help="variables for .interp (rest extrapolated)")
+    parser.add_argument("--loader-files", type=int, default=64)
+    parser.add_argument("--loader-epochs", type=int, default=3)
+    args = parser.parse_args()
+    level, repeats = args.level, args.repeats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = generate_dataset(tmp / "big", n_train=1, n_test=0, nlat=768, nlon=1152, seed=0)[0]
+        size = path.stat().st_size / 2**20
+        print(f"file: {path.name} ({size:.0f} MiB, 16 x 768 x 1152 float32, synthetic), level {level}")
+        with LatLonFile(path, ALL16) as data:
+            lat, lon = data.lat, data.lon
+        start = time.perf_counter()
+        read_and_regrid(path, level)
+        first = time.perf_counter() - start
+        t_read = best_of(repeats, lambda: read(path))
+        t_pipeline = best_of(repeats, lambda: read_and_regrid(path, level))
+        fields = read(path)
+        t_regrid = best_of(repeats, lambda: regrid_in_memory(fields, lat, lon, level))
+        clear_matrix_cache()
+        t_build = best_of(1, lambda: regrid_in_memory(fields, lat, lon, level)) - t_regrid
+        k = max(1, min(args.interp_variables, len(ALL16)))
+        array = xr.DataArray(fields[0, :k], dims=("variable", "lat", "lon"), coords={"lat": lat, "lon": lon})
+        t_interp = best_of(max(1, repeats // 2), lambda: interp(array, level)) * len(ALL16) / k
+        extrapolated = "" if k == len(ALL16) else f"  (timed on {k} variables, scaled x{len(ALL16) / k:g})"
+
+        print(f"\nbest of {repeats} runs")
+        row("read 16 variables (netCDF4 via xarray)", t_read)
+        row("read + regrid (the cache builder's path)", t_pipeline)
+        row("regrid alone, fields in memory", t_regrid)
+        row("xarray .interp, fields in memory", t_interp, extrapolated)
+        row("one-time matrix build per (grid, level)", t_build, f"  (first call incl. setup {first:.2f} s)")
+        print()
+        verdict("read+regrid / read", t_pipeline / t_read, "<= 1.5x", t_pipeline / t_read <= 1.5)
+        verdict(".interp / regrid", t_interp / t_regrid, ">= 20x", t_interp / t_regrid >= 20)
+
+        generate_dataset(tmp / "loader", n_train=args.loader_files, n_test=0, nlat=96, nlon=144, seed=1)
+        print(f"\nloader from the cache: {args.loader_files} samples, level 5, 16 channels, batch 8")
+        for workers in (0, 2):
+            rate = loader_rate(tmp / "loader", tmp / "cache", workers, args.loader_epochs)
+            print(f"{f'  num_workers={workers}':<46}{rate:9.0f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
