@@ -214,7 +214,8 @@ class LatLonFile:
         out, missing = [], []
         for name in self.variables:
             field = self._read(name, start, stop)
-            missing.append(int(np.isnan(field).sum()))
+            has_nan = np.isnan(field.sum(dtype=np.float64))
+            missing.append(int(np.isnan(field).sum()) if has_nan else 0)
             out.append(latlon_to_ico(field, self.lat, self.lon, level, method))
         return np.stack(out, axis=1), np.asarray(missing, dtype=np.int64)
 

@@ -27,14 +27,16 @@ from datamodules.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
 
-def best_of(repeats: int, work: Callable[[], object]) -> float:
-    """Minimum wall time over repeats: the least disturbed run on a shared machine."""
-    times = []
+def best_of(repeats: int, *works: Callable[[], object]) -> list[float]:
+    """Minimum wall time of each work over repeats, the works interleaved so that load changes
+    on a shared machine hit all of them alike."""
+    best = [float("inf")] * len(works)
     for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, work in enumerate(works):
+            start = time.perf_counter()
+            work()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def read(path: Path) -> np.ndarray:
@@ -109,15 +111,16 @@ def main() -> None:
         start = time.perf_counter()
         read_and_regrid(path, level)
         first = time.perf_counter() - start
-        t_read = best_of(repeats, lambda: read(path))
-        t_pipeline = best_of(repeats, lambda: read_and_regrid(path, level))
+        t_read, t_pipeline = best_of(repeats, lambda: read(path), lambda: read_and_regrid(path, level))
         fields = read(path)
-        t_regrid = best_of(repeats, lambda: regrid_in_memory(fields, lat, lon, level))
+        (t_regrid,) = best_of(repeats, lambda: regrid_in_memory(fields, lat, lon, level))
         clear_matrix_cache()
-        t_build = best_of(1, lambda: regrid_in_memory(fields, lat, lon, level)) - t_regrid
+        (t_first,) = best_of(1, lambda: regrid_in_memory(fields, lat, lon, level))
+        t_build = t_first - t_regrid
         k = max(1, min(args.interp_variables, len(ALL16)))
         array = xr.DataArray(fields[0, :k], dims=("variable", "lat", "lon"), coords={"lat": lat, "lon": lon})
-        t_interp = best_of(max(1, repeats // 2), lambda: interp(array, level)) * len(ALL16) / k
+        (t_interp_k,) = best_of(max(1, repeats // 2), lambda: interp(array, level))
+        t_interp = t_interp_k * len(ALL16) / k
         extrapolated = "" if k == len(ALL16) else f"  (timed on {k} variables, scaled x{len(ALL16) / k:g})"
 
         print(f"\nbest of {repeats} runs")
