@@ -90,9 +90,7 @@ class ClimateDataset(Dataset):
     own) and at most `_OPEN_ENTRIES` stay open, which bounds file descriptors.
     """
 
-    def __init__(
-        self, entries: Sequence[CacheEntry], samples: Sequence[tuple[int, int]], norm: Normalization
-    ):
+    def __init__(self, entries: Sequence[CacheEntry], samples: Sequence[tuple[int, int]], norm: Normalization):
         self.entries = list(entries)
         self.samples = list(samples)
         self.norm = norm
@@ -159,9 +157,7 @@ class ClimateDataModule(L.LightningDataModule):
         super().__init__()
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.data_dir / ".icocache"
-        self.config = PreprocessConfig(
-            int(level), resolve_variables(variables), method, label_variable, nan_policy
-        )
+        self.config = PreprocessConfig(int(level), resolve_variables(variables), method, label_variable, nan_policy)
         self.batch_size = int(batch_size)
         self.val_fraction = checked_fraction(val_fraction)
         self.num_workers = int(num_workers)
@@ -196,9 +192,7 @@ class ClimateDataModule(L.LightningDataModule):
     def normalization(self) -> Normalization:
         """Training-split statistics; available after setup() or load_state_dict()."""
         if self._normalization is None:
-            raise RuntimeError(
-                "normalisation statistics are not known yet: call setup() or load_state_dict()"
-            )
+            raise RuntimeError("normalisation statistics are not known yet: call setup() or load_state_dict()")
         return self._normalization
 
     @property
@@ -236,9 +230,7 @@ class ClimateDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Regrid every train and test file into the cache (once) and store the statistics."""
         needs_train = self._normalization is None
-        present = [
-            s for s in ("train", "test") if (self.data_dir / s).is_dir() and list_netcdf(self.data_dir / s)
-        ]
+        present = [s for s in ("train", "test") if (self.data_dir / s).is_dir() and list_netcdf(self.data_dir / s)]
         if needs_train and "train" not in present:
             split_files(self.data_dir, "train")
         for split in present:

@@ -21,9 +21,7 @@ from datamodules.regrid import METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
 
-def _select(
-    ds: xr.Dataset, grid_dims: tuple[str, str], variables: Sequence[str] | None, path: Path
-) -> list[str]:
+def _select(ds: xr.Dataset, grid_dims: tuple[str, str], variables: Sequence[str] | None, path: Path) -> list[str]:
     gridded = [str(v) for v in ds.data_vars if set(grid_dims) <= set(ds[v].dims)]
     if not variables:
         if not gridded:
@@ -41,12 +39,8 @@ def _select(
 def _vertex_coords(level: int) -> dict[str, xr.DataArray]:
     latlon = IcoGrid(level).latlon
     return {
-        "lat": xr.DataArray(
-            latlon[:, 0], dims="vertex", attrs={"units": "degrees_north", "standard_name": "latitude"}
-        ),
-        "lon": xr.DataArray(
-            latlon[:, 1], dims="vertex", attrs={"units": "degrees_east", "standard_name": "longitude"}
-        ),
+        "lat": xr.DataArray(latlon[:, 0], dims="vertex", attrs={"units": "degrees_north", "standard_name": "latitude"}),
+        "lon": xr.DataArray(latlon[:, 1], dims="vertex", attrs={"units": "degrees_east", "standard_name": "longitude"}),
     }
 
 
@@ -92,18 +86,11 @@ def regrid_netcdf(
                 else:
                     target[...] = out
         data_vars = {
-            name: xr.DataArray(results[name], dims=(*lead[name], "vertex"), attrs=ds[name].attrs)
-            for name in names
+            name: xr.DataArray(results[name], dims=(*lead[name], "vertex"), attrs=ds[name].attrs) for name in names
         }
-        keep = {
-            str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)
-        }
-        other_coords = {
-            str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims
-        }
-        out = xr.Dataset(
-            {**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs)
-        )
+        keep = {str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)}
+        other_coords = {str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims}
+        out = xr.Dataset({**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
         history = f"icolightning-regrid {in_path.name} --level {level} --method {method}"
         out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
         out.attrs["icosahedral_level"] = int(level)

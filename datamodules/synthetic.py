@@ -57,10 +57,22 @@ LABEL_THRESHOLD = 0.35
 
 # Smooth-noise amplitude and pixel-noise amplitude per variable, in its units.
 _NOISE = {
-    "TMQ": (4.0, 0.8), "U850": (3.0, 0.6), "V850": (3.0, 0.6), "UBOT": (2.5, 0.5), "VBOT": (2.5, 0.5),
-    "QREFHT": (1e-3, 2e-4), "PS": (400.0, 60.0), "PSL": (400.0, 60.0), "T200": (1.5, 0.3),
-    "T500": (1.5, 0.3), "PRECT": (1.5e-8, 4e-9), "TS": (1.5, 0.3), "TREFHT": (1.5, 0.3),
-    "Z1000": (30.0, 5.0), "Z200": (40.0, 8.0), "ZBOT": (3.0, 1.0),
+    "TMQ": (4.0, 0.8),
+    "U850": (3.0, 0.6),
+    "V850": (3.0, 0.6),
+    "UBOT": (2.5, 0.5),
+    "VBOT": (2.5, 0.5),
+    "QREFHT": (1e-3, 2e-4),
+    "PS": (400.0, 60.0),
+    "PSL": (400.0, 60.0),
+    "T200": (1.5, 0.3),
+    "T500": (1.5, 0.3),
+    "PRECT": (1.5e-8, 4e-9),
+    "TS": (1.5, 0.3),
+    "TREFHT": (1.5, 0.3),
+    "Z1000": (30.0, 5.0),
+    "Z200": (40.0, 8.0),
+    "ZBOT": (3.0, 1.0),
 }
 
 
@@ -219,10 +231,19 @@ def _add_cyclone(fields: dict[str, np.ndarray], labels: np.ndarray, lat, lon, tc
         v = np.where(r > 0, spin * tangential * dx / r, 0.0)
     box = np.ix_(rows, cols)
     anomalies = {
-        "PSL": -5000.0 * s * core, "PS": -5000.0 * s * core, "Z1000": -415.0 * s * core,
-        "U850": u, "V850": v, "UBOT": 0.8 * u, "VBOT": 0.8 * v,
-        "T500": 6.0 * s * core, "T200": 3.0 * s * core, "TS": 0.5 * s * core, "TREFHT": 0.5 * s * core,
-        "TMQ": 25.0 * s * core, "QREFHT": 0.004 * s * core,
+        "PSL": -5000.0 * s * core,
+        "PS": -5000.0 * s * core,
+        "Z1000": -415.0 * s * core,
+        "U850": u,
+        "V850": v,
+        "UBOT": 0.8 * u,
+        "VBOT": 0.8 * v,
+        "T500": 6.0 * s * core,
+        "T200": 3.0 * s * core,
+        "TS": 0.5 * s * core,
+        "TREFHT": 0.5 * s * core,
+        "TMQ": 25.0 * s * core,
+        "QREFHT": 0.004 * s * core,
         "PRECT": 1e-6 * s * np.exp(-((r / (1.5 * tc.radius)) ** 2)),
     }
     for name, anomaly in anomalies.items():
@@ -265,10 +286,16 @@ def _add_river(fields: dict[str, np.ndarray], labels: np.ndarray, lat, lon, ar: 
     east, north = tangents[nearest, 0], tangents[nearest, 1]
     box = np.ix_(rows, cols)
     anomalies = {
-        "TMQ": 22.0 * s * shape, "QREFHT": 0.005 * s * shape, "PRECT": 2e-7 * s * shape,
-        "U850": 20.0 * s * shape * east, "V850": 20.0 * s * shape * north,
-        "UBOT": 12.0 * s * shape * east, "VBOT": 12.0 * s * shape * north,
-        "TS": 2.0 * s * shape, "TREFHT": 2.0 * s * shape, "T500": 1.0 * s * shape,
+        "TMQ": 22.0 * s * shape,
+        "QREFHT": 0.005 * s * shape,
+        "PRECT": 2e-7 * s * shape,
+        "U850": 20.0 * s * shape * east,
+        "V850": 20.0 * s * shape * north,
+        "UBOT": 12.0 * s * shape * east,
+        "VBOT": 12.0 * s * shape * north,
+        "TS": 2.0 * s * shape,
+        "TREFHT": 2.0 * s * shape,
+        "T500": 1.0 * s * shape,
     }
     for name, anomaly in anomalies.items():
         fields[name][box] += anomaly
@@ -319,8 +346,10 @@ def write_sample(
         ds.seed = int(seed)
         cyclones, rivers = events
         ds.synthetic_events = json.dumps(
-            {"cyclones": [asdict(c) | {"labelled": c.labelled} for c in cyclones],
-             "rivers": [asdict(r) | {"labelled": r.labelled} for r in rivers]}
+            {
+                "cyclones": [asdict(c) | {"labelled": c.labelled} for c in cyclones],
+                "rivers": [asdict(r) | {"labelled": r.labelled} for r in rivers],
+            }
         )
         ds.createDimension("time", 1)
         ds.createDimension("lat", nlat)
@@ -328,8 +357,10 @@ def write_sample(
         time = ds.createVariable("time", "f8", ("time",))
         time.units, time.calendar, time.standard_name = "days since 1800-01-01 00:00:00", "standard", "time"
         time[:] = [(date - dt.date(1800, 1, 1)).days]
-        for name, values, units, std_name in (("lat", lat, "degrees_north", "latitude"),
-                                              ("lon", lon, "degrees_east", "longitude")):
+        for name, values, units, std_name in (
+            ("lat", lat, "degrees_north", "latitude"),
+            ("lon", lon, "degrees_east", "longitude"),
+        ):
             coord = ds.createVariable(name, "f8", (name,))
             coord.units, coord.standard_name, coord.long_name = units, std_name, std_name
             coord[:] = values
