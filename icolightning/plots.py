@@ -24,11 +24,23 @@ def _class_colours(class_names: Sequence[str]) -> dict[int, str]:
     return {i: CLASS_COLOURS.get(name) or next(extra) for i, name in enumerate(class_names) if i > 0}
 
 
+def _wrapped_field(lat: np.ndarray, lon: np.ndarray, values: np.ndarray) -> tuple[Triangulation, np.ndarray]:
+    """Triangulate vertex values on the lat/lon plane with copies shifted by ±360° and the poles
+    spread along their latitude, so the shading reaches every edge of the 0–360 × ±90 frame."""
+    poles = np.flatnonzero(np.abs(lat) == 90.0)
+    spread = np.linspace(0.0, 360.0, 13)
+    lats = [lat, lat, lat, *(np.full(13, lat[p]) for p in poles)]
+    lons = [lon - 360.0, lon, lon + 360.0, *(spread for _ in poles)]
+    vals = [values, values, values, *(np.full(13, values[p]) for p in poles)]
+    return Triangulation(np.concatenate(lons), np.concatenate(lats)), np.concatenate(vals)
+
+
 def _draw_panel(ax, latlon: np.ndarray, labels: np.ndarray, background: np.ndarray | None,
                 class_names: Sequence[str], title: str) -> None:
     lat, lon = latlon[:, 0], latlon[:, 1]
     if background is not None:
-        ax.tripcolor(Triangulation(lon, lat), background, shading="gouraud", cmap="Greys_r", rasterized=True)
+        triangulation, values = _wrapped_field(lat, lon, background)
+        ax.tripcolor(triangulation, values, shading="gouraud", cmap="Greys_r", rasterized=True)
     size = max(0.5, 4e4 / len(lat))
     for cls, colour in _class_colours(class_names).items():
         hit = labels == cls
@@ -41,20 +53,24 @@ def _draw_panel(ax, latlon: np.ndarray, labels: np.ndarray, background: np.ndarr
     ax.legend(loc="lower left", fontsize=7, markerscale=max(1.0, 6 / size**0.5))
 
 
-def save_mask_maps(path: str | Path, latlon: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
-                   class_names: Sequence[str], background: np.ndarray | None = None,
+def save_mask_maps(path: str | Path, latlon: np.ndarray, prediction: np.ndarray, class_names: Sequence[str],
+                   truth: np.ndarray | None = None, background: np.ndarray | None = None,
                    title: str = "") -> Path:
-    """Side-by-side maps of true and predicted vertex masks ([S, N] or [N] class ids)."""
-    truth, prediction = np.atleast_2d(truth), np.atleast_2d(prediction)
-    backgrounds = [None] * len(truth) if background is None else np.atleast_2d(background)
-    fig = Figure(figsize=(13, 3.6 * len(truth)))
-    axes = fig.subplots(len(truth), 2, squeeze=False)
-    for row, (t, p, bg) in enumerate(zip(truth, prediction, backgrounds, strict=True)):
-        _draw_panel(axes[row, 0], latlon, t, bg, class_names, f"truth (sample {row})")
-        _draw_panel(axes[row, 1], latlon, p, bg, class_names, f"prediction (sample {row})")
+    """Maps of predicted vertex masks ([S, N] or [N] class ids), beside the true ones if given."""
+    prediction = np.atleast_2d(prediction)
+    rows = len(prediction)
+    backgrounds = [None] * rows if background is None else np.atleast_2d(background)
+    cols = 1 if truth is None else 2
+    fig = Figure(figsize=(6.5 * cols, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for row in range(rows):
+        if truth is not None:
+            _draw_panel(axes[row, 0], latlon, np.atleast_2d(truth)[row], backgrounds[row], class_names,
+                        f"truth (sample {row})")
+        _draw_panel(axes[row, -1], latlon, prediction[row], backgrounds[row], class_names,
+                    f"prediction (sample {row})")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

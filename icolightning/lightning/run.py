@@ -108,7 +108,7 @@ def save_segmentation_maps(model: SegmentationModule, datamodule: L.LightningDat
     variables = list(model.data_stats.get("variables") or [])
     channel = variables.index("TMQ") if "TMQ" in variables else 0
     background = x[:, channel].float().cpu().numpy()
-    return save_mask_maps(path, IcoGrid(level).latlon, y.numpy(), prediction, model.class_names,
+    return save_mask_maps(path, IcoGrid(level).latlon, prediction, model.class_names, truth=y.numpy(),
                           background=background, title=title)
 
 

@@ -1,0 +1,132 @@
+"""Every config group option and every experiment composes and instantiates (cheaply: objects are
+built, nothing is fitted), and the Hydra multirun + DDP trap is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import open_dict, read_write
+
+from icolightning.lightning import ClassificationModule, IcoTask, SegmentationModule
+from icolightning.lightning.config import instantiate_list, instantiate_module
+from icolightning.lightning.run import CONFIG_DIR, refuse_multirun_ddp
+
+CONF = Path(CONFIG_DIR)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(tmp_path: Path, overrides: list[str], name: str = "train"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"paths.root_dir={tmp_path}",
+                                                   f"paths.output_dir={tmp_path}/run", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _cpu_trainer(cfg) -> L.Trainer:
+    """The configured Trainer, with the accelerator swapped for the CPU this test runs on."""
+    return instantiate(cfg.trainer, accelerator="cpu", devices=1, num_nodes=1, logger=False,
+                       callbacks=instantiate_list(cfg.callbacks))
+
+
+def test_config_tree_has_every_group():
+    for group, needed in {
+        "data": {"synthetic_climatenet", "climatenet"},
+        "model": {"ico_unet", "ico_classifier"},
+        "trainer": {"cpu", "gpu", "ddp", "ddp_cpu", "slurm"},
+        "callbacks": {"default"},
+        "logger": {"csv", "tensorboard"},
+        "paths": {"default"},
+        "experiment": {"climatenet_unet16", "climatenet_4var"},
+        "debug": {"tiny", "default"},
+        "hydra": {"default"},
+    }.items():
+        assert needed <= set(_options(group)), group
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_instantiates(tmp_path, experiment):
+    cfg = _compose(tmp_path, [f"experiment={experiment}"])
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, L.LightningDataModule)
+    with open_dict(cfg):
+        cfg.model.net.level = min(cfg.model.net.level, 2)  # the same network, built small
+        if "widths" in cfg.model.net:
+            cfg.model.net.widths = [2] * min(len(cfg.model.net.widths), 3)
+    model = instantiate_module(cfg.model)
+    assert isinstance(model, IcoTask)
+    assert isinstance(model, SegmentationModule) == experiment.startswith("climatenet")
+    if isinstance(model, ClassificationModule):
+        assert cfg.monitor.metric == "val/acc"
+    _cpu_trainer(cfg)
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_every_trainer_instantiates(tmp_path, trainer, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    cfg = _compose(tmp_path, [f"trainer={trainer}"])
+    if trainer == "slurm":
+        assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (2, 4)
+        plugin = instantiate(cfg.trainer.plugins[0])
+        assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue
+        for key, value in {"SLURM_JOB_NUM_NODES": 1, "SLURM_NTASKS_PER_NODE": 1, "SLURM_NTASKS": 1,
+                           "SLURM_NODEID": 0, "SLURM_PROCID": 0, "SLURM_LOCALID": 0}.items():
+            monkeypatch.setenv(key, str(value))  # a one-task job, to build the Trainer here
+    if trainer in ("gpu", "ddp", "slurm"):
+        assert cfg.trainer.precision == "bf16-mixed"
+    assert str(cfg.trainer.default_root_dir) == f"{tmp_path}/run"
+    _cpu_trainer(cfg)
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_every_logger_instantiates(tmp_path, logger):
+    cfg = _compose(tmp_path, [f"logger={logger}"])
+    if "tensorboard" in cfg.logger and importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("tensorboard is not installed (it is in the dev extra)")
+    loggers = instantiate_list(cfg.logger)
+    assert len(loggers) == len(cfg.logger)
+    assert all(Path(lg.save_dir) == tmp_path / "run" for lg in loggers)
+
+
+_ENTRY_POINTS = [("eval", ["ckpt_path=x.ckpt"]), ("predict", ["ckpt_path=x.ckpt", "input=x.nc"]),
+                 *(("train", [f"debug={d}"]) for d in [None, *_options("debug")])]
+
+
+@pytest.mark.parametrize(("name", "overrides"), _ENTRY_POINTS)
+def test_entry_configs_compose(tmp_path, name, overrides):
+    cfg = _compose(tmp_path, [o for o in overrides if not o.endswith("=None")], name)
+    assert cfg.task_name == name
+    if name == "train":
+        assert instantiate_list(cfg.callbacks) is not None
+
+
+def test_run_folder_is_deterministic(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["paths.root_dir=/r", "experiment=climatenet_4var"],
+                      return_hydra_config=True)
+    assert cfg.hydra.run.dir == "/r/outputs/train/climatenet_4var"
+
+
+def test_multirun_with_ddp_is_refused(tmp_path):
+    cfg = _compose(tmp_path, ["trainer=ddp_cpu"])
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    with pytest.raises(SystemExit, match="multirun"):
+        refuse_multirun_ddp(cfg)
+    with open_dict(cfg):
+        cfg.trainer.strategy = "auto"
+    refuse_multirun_ddp(cfg)
