@@ -205,6 +205,7 @@ class IcoGrid:
         x, y, z = self.xyz.T
         lat = np.rad2deg(np.arcsin(np.clip(z, -1.0, 1.0)))
         lon = np.mod(np.rad2deg(np.arctan2(y, x)), 360.0)
+        lon[lon >= 360.0] = 0.0
         lon[np.abs(lat) == 90.0] = 0.0
         return np.stack([lat, lon], axis=1)
 

@@ -21,6 +21,10 @@ REGULAR, CORNER, UNUSED = 0, 1, 2
 class PaddingTable:
     """How every cell of the one-pixel border of each chart is filled.
 
+    A cell next to a non-corner pixel is found by walking the sphere from that pixel. A cell that
+    only touches corners but lies on the chart's own closed parallelogram (top row, right column)
+    is the corner the lattice puts there; upsampling from level 0 reads those.
+
     Cells are listed as (chart, hp, wp) in padded coordinates (hp = h + 1). `kind` is REGULAR
     (copy vertex `source` with its orientation channels shifted by `shift`), CORNER (the
     orientation mean of corner `corner_slot`) or UNUSED (read by no non-corner pixel).
@@ -89,6 +93,10 @@ def padding_table(level: int) -> PaddingTable:
                 found.add((u, shift))
             if len(found) > 1:
                 raise RuntimeError(f"level {level} chart {c} cell {(h, w)}: inconsistent padding {found}")
+            if not found and h <= h_size and 0 <= w <= w_size and h >= 0:
+                on_chart = int(grid.lattice_vertex[c, h_size - h, w])
+                if is_corner[on_chart]:
+                    found.add((on_chart, -1))
             if not found:
                 rows.append((c, h + 1, w + 1, UNUSED, -1, 0, -1))
                 continue

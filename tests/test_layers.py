@@ -1,0 +1,223 @@
+"""Every layer is exactly equivariant under all 60 rotations, on all vertices (DESIGN §4)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from equivariance import corner_invariant, max_equivariance_error, rotate, signal_fn
+from torch import nn
+
+from icolightning.grid import HEX_OFFSETS, IcoGrid
+from icolightning.nn import IcoConv, IcoSignal
+from icolightning.nn.norm import IcoBatchNorm, IcoDropout, IcoLayerNorm, IcoPointwise
+from icolightning.nn.pooling import HexPool, IcoUpsample, OrientationPool
+
+TOL = 1e-10
+REPS = [("scalar", "regular"), ("regular", "regular"), ("regular", "scalar"), ("scalar", "scalar")]
+
+
+def _input(level: int, channels: int, orientations: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, channels, orientations, IcoGrid(level).num_vertices, generator=gen, dtype=torch.float64)
+
+
+def _conv(level, in_rep, out_rep, stride=1):
+    torch.manual_seed(1)
+    conv = IcoConv(3, 4, level, in_rep, out_rep, stride=stride).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    return conv
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
+def test_conv_is_equivariant(level, in_rep, out_rep):
+    conv = _conv(level, in_rep, out_rep)
+    x = _input(level, 3, conv.in_orientations)
+    assert max_equivariance_error(signal_fn(conv), level, level, x) < TOL
+
+
+@pytest.mark.parametrize("level", [1, 3])
+@pytest.mark.parametrize(("in_rep", "out_rep"), [("regular", "regular"), ("scalar", "regular")])
+def test_strided_conv_is_equivariant(level, in_rep, out_rep):
+    conv = _conv(level, in_rep, out_rep, stride=2)
+    x = _input(level, 3, conv.in_orientations)
+    assert max_equivariance_error(signal_fn(conv), level, level - 1, x) < TOL
+
+
+def test_a_non_equivariant_control_is_caught():
+    """The checker must fail a layer that ignores the gauge: padding without orientation shifts."""
+    conv = _conv(2, "regular", "regular")
+    conv.pad.reg_shift.zero_()
+    conv.pad.route_shift.zero_()
+    x = _input(2, 3, 6)
+    assert max_equivariance_error(signal_fn(conv), 2, 2, x) > 1e-3
+
+
+def test_a_plain_conv_on_the_charts_is_caught():
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    grid = IcoGrid(2)
+
+    def planar(x):
+        charts, poles = grid.to_charts(x[:, :, 0])
+        out = F.conv2d(charts.transpose(1, 2).flatten(0, 1), weight, padding=1)
+        out = out.view(x.shape[0], 5, 4, *charts.shape[-2:]).transpose(1, 2)
+        return grid.to_vertices(out, poles.new_zeros(x.shape[0], 4, 2))[:, :, None]
+
+    assert max_equivariance_error(planar, 2, 2, _input(2, 3, 1)) > 1e-3
+
+
+@pytest.mark.parametrize(("in_rep", "out_rep"), [("scalar", "regular"), ("regular", "regular")])
+def test_regular_outputs_are_orientation_invariant_at_the_corners(in_rep, out_rep):
+    grid = IcoGrid(2)
+    conv = _conv(2, in_rep, out_rep)
+    y = signal_fn(conv)(_input(2, 3, conv.in_orientations))
+    torch.testing.assert_close(y, corner_invariant(grid, y))
+
+
+def test_interior_is_a_p6_group_convolution():
+    """Away from chart borders the layer equals the explicit p6 formula on the hexagonal lattice:
+    y(i) = sum_r w_c(r) x(v, r+i) + sum_k sum_r w_k(r) x(v + offset(k+i), r+i)."""
+    level = 3
+    grid = IcoGrid(level)
+    conv = _conv(level, "regular", "regular")
+    x = _input(level, 3, 6)
+    y = signal_fn(conv)(x)
+    ids = grid.chart_pixel_vertex()
+    w = conv.weight.detach()
+    for c, h, ww in [(0, 3, 5), (2, 6, 9), (4, 1, 13)]:
+        v = ids[c, h, ww]
+        for i in range(6):
+            expected = conv.bias.detach().clone()
+            for r in range(6):
+                expected += w[:, :, r, 6] @ x[0, :, (r + i) % 6, v]
+                for k in range(6):
+                    dh, dw = HEX_OFFSETS[(k + i) % 6]
+                    expected += w[:, :, r, k] @ x[0, :, (r + i) % 6, ids[c, h + dh, ww + dw]]
+            torch.testing.assert_close(y[0, :, i, v], expected)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+@pytest.mark.parametrize("orientations", [1, 6])
+def test_hex_pool_is_equivariant(mode, orientations):
+    pool = HexPool(2, mode)
+    assert max_equivariance_error(signal_fn(pool), 2, 1, _input(2, 3, orientations)) < TOL
+
+
+@pytest.mark.parametrize("orientations", [1, 6])
+def test_upsampling_is_equivariant(orientations):
+    up = IcoUpsample(1)
+    assert max_equivariance_error(signal_fn(up), 1, 2, _input(1, 3, orientations)) < TOL
+
+
+def test_upsampling_keeps_old_vertices_and_averages_edges():
+    up = IcoUpsample(1)
+    coarse = IcoGrid(1)
+    x = torch.randn(1, 1, 1, coarse.num_vertices, dtype=torch.float64)
+    fine = signal_fn(up)(x)[0, 0, 0]
+    fine_charts, _ = IcoGrid(2).to_charts(fine)
+    coarse_charts, _ = coarse.to_charts(x[0, 0, 0])
+    torch.testing.assert_close(fine_charts[:, ::2, ::2], coarse_charts)
+    torch.testing.assert_close(fine_charts[:, 1::2, 0:-1:2][:, :-1],
+                               (coarse_charts[:, :-1] + coarse_charts[:, 1:]) / 2)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_orientation_pool_is_invariant(mode):
+    layer = OrientationPool(mode)
+    assert max_equivariance_error(signal_fn(layer), 2, 2, _input(2, 3, 6)) < TOL
+
+
+@pytest.mark.parametrize("layer", [IcoBatchNorm(3), IcoLayerNorm(3), IcoPointwise(nn.GELU())])
+def test_norms_and_nonlinearities_are_equivariant(layer):
+    layer = layer.double()
+    for p in layer.parameters():
+        with torch.no_grad():
+            p.normal_()
+    assert max_equivariance_error(signal_fn(layer), 2, 2, _input(2, 3, 6)) < TOL
+
+
+def test_batch_norm_statistics_include_orientations_and_poles():
+    bn = IcoBatchNorm(3, affine=False).double()
+    y = signal_fn(bn)(_input(2, 3, 6))
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(y.var((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_dropout_drops_whole_fields_and_is_identity_in_eval():
+    drop = IcoDropout(0.5)
+    x = IcoSignal.from_vertices(torch.ones(4, 8, 6, IcoGrid(1).num_vertices))
+    out = drop(x).to_vertices()
+    per_field = out.flatten(2)
+    assert torch.all((per_field == 0).all(-1) | (per_field == 2).all(-1))
+    drop.eval()
+    assert drop(x) is x
+
+
+@pytest.mark.parametrize(("level", "in_rep", "out_rep", "stride"),
+                         [(0, "regular", "regular", 1), (1, "regular", "regular", 1), (1, "scalar", "regular", 2),
+                          (1, "regular", "scalar", 1)])
+def test_gradcheck(level, in_rep, out_rep, stride):
+    torch.manual_seed(0)
+    conv = IcoConv(2, 2, level, in_rep, out_rep, stride=stride).double()
+    x = _input(level, 2, conv.in_orientations)[:1].requires_grad_()
+
+    def fn(x, weight, bias):
+        return signal_fn(conv)(x)
+
+    assert torch.autograd.gradcheck(fn, (x, conv.weight, conv.bias), fast_mode=True)
+
+
+def test_gradcheck_pool_and_upsample():
+    x1 = _input(1, 2, 6)[:1].requires_grad_()
+    assert torch.autograd.gradcheck(signal_fn(HexPool(1, "mean")), (x1,), fast_mode=True)
+    assert torch.autograd.gradcheck(signal_fn(HexPool(1, "max")), (x1,), fast_mode=True)
+    assert torch.autograd.gradcheck(signal_fn(IcoUpsample(1)), (x1,), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtypes_propagate(dtype):
+    conv = IcoConv(2, 3, 2, "scalar", "regular").to(dtype)
+    x = torch.randn(2, 2, IcoGrid(2).num_vertices, dtype=dtype)
+    out = conv(IcoSignal.from_vertices(x))
+    assert out.charts.dtype == dtype and out.poles.dtype == dtype
+    assert torch.isfinite(out.to_vertices().float()).all()
+
+
+def test_state_dict_holds_only_parameters():
+    conv = IcoConv(2, 3, 3, "regular", "regular")
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    assert conv.weight.shape == (3, 2, 6, 7)
+
+
+def test_plain_chart_tensors_are_accepted():
+    grid = IcoGrid(2)
+    conv = _conv(2, "regular", "regular")
+    x = _input(2, 3, 6)
+    charts, _ = grid.to_charts(x)
+    out = conv(charts)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 6, 5, *grid.chart_shape)
+    # away from the rows next to the poles it equals the signal path
+    full = conv(IcoSignal.from_vertices(x)).charts
+    torch.testing.assert_close(out[..., 1:-1, :], full[..., 1:-1, :])
+
+
+def test_rotate_helper_is_the_regular_action():
+    grid = IcoGrid(1)
+    x = _input(1, 1, 6)
+    assert torch.equal(rotate(grid, x, 0), x)
+
+
+def test_bad_inputs_are_refused():
+    conv = IcoConv(3, 4, 2, "regular", "regular")
+    with pytest.raises(ValueError, match="got charts"):
+        conv(IcoSignal.from_vertices(torch.randn(1, 3, 1, IcoGrid(2).num_vertices)))
+    with pytest.raises(ValueError, match="level"):
+        conv(IcoSignal.from_vertices(torch.randn(1, 3, 6, IcoGrid(3).num_vertices)))
+    with pytest.raises(ValueError, match="stride"):
+        IcoConv(3, 4, 0, stride=2)
+    with pytest.raises(ValueError, match="representation"):
+        IcoConv(3, 4, 2, "vector", "regular")
+    with pytest.raises(ValueError, match="icosahedral"):
+        IcoSignal.from_vertices(torch.randn(1, 3, 100))

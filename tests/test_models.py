@@ -1,0 +1,128 @@
+"""Whole models: exact equivariance (segmentation) and invariance (classification) for all 60 rotations."""
+
+import pytest
+import torch
+from equivariance import max_equivariance_error, rotate
+
+from icolightning.grid import IcoGrid
+from icolightning.models import IcoClassifier, IcoUNet
+
+TOL = 1e-10
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights and non-zero biases everywhere (BatchNorm affine included)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or p.dim() == 1:
+                p.normal_()
+    return model.double()
+
+
+def _x(level: int, channels: int = 2) -> torch.Tensor:
+    return torch.randn(2, channels, IcoGrid(level).num_vertices, generator=torch.Generator().manual_seed(3),
+                       dtype=torch.float64)
+
+
+@pytest.mark.parametrize("variant", ["S2R", "R2R", "S2S"])
+def test_unet_is_equivariant(variant):
+    model = _randomise(IcoUNet(2, 3, level=2, widths=(4, 5, 6), variant=variant))
+    with torch.no_grad():
+        assert max_equivariance_error(model, 2, 2, _x(2)) < TOL
+
+
+@pytest.mark.parametrize("downsample", ["mean", "conv"])
+def test_unet_is_equivariant_in_eval_mode_with_other_downsampling(downsample):
+    model = _randomise(IcoUNet(2, 3, level=2, widths=(4, 5, 6), downsample=downsample)).eval()
+    with torch.no_grad():
+        model.train()(_x(2))
+        model.eval()
+        assert max_equivariance_error(model, 2, 2, _x(2)) < TOL
+
+
+@pytest.mark.parametrize("variant", ["S2R", "R2R", "S2S"])
+def test_classifier_is_invariant(variant):
+    model = _randomise(IcoClassifier(2, 5, level=2, widths=(4, 5, 6), variant=variant, downsample="mean"))
+    grid = IcoGrid(2)
+    x = _x(2)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2, 5)
+        for g in range(60):
+            torch.testing.assert_close(model(x[..., grid.rotation_permutations[g]]), y, rtol=TOL, atol=0)
+
+
+def test_internal_regular_features_shift_as_predicted():
+    """Inside the network, regular fields rotate with the per-point cyclic shift of the grid."""
+    model = _randomise(IcoUNet(2, 3, level=2, widths=(4, 5)))
+    grid = IcoGrid(2)
+    captured = []
+    model.encoders[0].register_forward_hook(lambda mod, inp, out: captured.append(out.to_vertices()))
+    x = _x(2)
+    with torch.no_grad():
+        model(x)
+        reference = captured.pop()
+        assert reference.shape[2] == 6
+        worst = 0.0
+        for g in range(60):
+            model(x[..., grid.rotation_permutations[g]])
+            worst = max(worst, (captured.pop() - rotate(grid, reference, g)).abs().max().item())
+    assert worst < TOL * reference.abs().max().item()
+    assert (reference[..., :-2].std(2) > 0).any()
+
+
+def test_unet_covers_every_vertex_with_real_values():
+    model = IcoUNet(3, 3, level=3, widths=(4, 6))
+    out = model(torch.randn(2, 3, IcoGrid(3).num_vertices))
+    assert out.shape == (2, 3, IcoGrid(3).num_vertices)
+    assert torch.isfinite(out).all()
+    assert out[..., IcoGrid(3).corners].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_models_run_in_any_float_dtype(dtype):
+    grid = IcoGrid(2)
+    x = torch.randn(2, 2, grid.num_vertices, dtype=dtype)
+    seg = IcoUNet(2, 3, 2, widths=(4, 4)).to(dtype)
+    clf = IcoClassifier(2, 4, 2, widths=(4, 4)).to(dtype)
+    assert seg(x).dtype == dtype and clf(x).dtype == dtype
+    loss = seg(x).float().logsumexp(1).mean() + clf(x).float().logsumexp(1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in seg.parameters())
+
+
+def test_state_dict_has_no_index_tables():
+    model = IcoUNet(2, 3, 3, widths=(4, 6))
+    keys = model.state_dict().keys()
+    assert all(k.endswith(("weight", "bias", "running_mean", "running_var", "num_batches_tracked")) for k in keys)
+    buffers = sum(b.numel() for b in model.buffers())
+    assert buffers > 0 and len(keys) < 40
+
+
+def test_a_model_learns_a_rotation_invariant_task():
+    """A small classifier tells one bump from two within a few steps. (North bump vs south bump
+    would be hopeless: one of the 60 rotations maps one onto the other.)"""
+    grid = IcoGrid(2)
+    z = torch.as_tensor(grid.xyz[:, 2], dtype=torch.float32)
+    one, two = torch.exp(4 * z), torch.exp(4 * z) + torch.exp(-4 * z)
+    x = torch.stack([one, two])[:, None] + 0.05 * torch.randn(2, 1, grid.num_vertices)
+    y = torch.tensor([0, 1])
+    torch.manual_seed(0)
+    model = IcoClassifier(1, 2, 2, widths=(4, 4), norm="none")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="too coarse"):
+        IcoUNet(2, 3, level=1, widths=(4, 4, 4))
+    with pytest.raises(ValueError, match="variant"):
+        IcoUNet(2, 3, level=2, variant="X2Y")
+    with pytest.raises(ValueError, match="vertex tensors"):
+        IcoClassifier(2, 3, level=2, widths=(4, 4))(torch.randn(2, 2, 6, 162))
