@@ -54,7 +54,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     the run has none yet, so the same command starts and resumes a job); paths pass through."""
     if ckpt_path != "last":
         return ckpt_path
-    candidates = [*run_dir.glob("checkpoints/**/last*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = [*run_dir.glob("checkpoints/last*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     if not candidates:
         log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", run_dir)
         return None
@@ -73,6 +73,16 @@ def ensure_synthetic_data(cfg: DictConfig) -> None:
         return
     log.info("generating synthetic ClimateNet-layout data in %s (first use)", data_dir)
     hydra.utils.instantiate(spec, str(data_dir))
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> str | None:
+    """Write the end-of-fit state as last.ckpt: the step-interval callback only saves every N steps."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "save_last", False) and callback.dirpath:
+            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            return str(path)
+    return None
 
 
 # ---------------------------------------------------------------------------------- results
@@ -131,6 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
                     weights_only=True)
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
+        results["last_checkpoint"] = save_final_checkpoint(trainer)
         results["global_step"] = trainer.global_step
         results["epochs"] = trainer.current_epoch
         metrics = trainer.callback_metrics
