@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/icolightning-demo
+	$(BIN)/icolightning-train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -45,6 +45,7 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
     assert Path(results["best_checkpoint"]).parent == run / "checkpoints"
     assert Path(results["best_checkpoint"]).name.startswith("best-")
     assert (run / "prediction_map.png").stat().st_size > 10_000
+    assert (run / "confusion_matrix.png").stat().st_size > 5_000
     assert (run / "csv" / "metrics.csv").is_file()
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["global_step"] == results["global_step"] > 0

@@ -101,7 +101,8 @@ def test_every_logger_instantiates(tmp_path, logger):
     assert all(Path(lg.save_dir) == tmp_path / "run" for lg in loggers)
 
 
-_ENTRY_POINTS = [("eval", ["ckpt_path=x.ckpt"]), ("predict", ["ckpt_path=x.ckpt", "input=x.nc"]),
+_ENTRY_POINTS = [("predict", ["ckpt_path=x.ckpt", "input=x.nc"]),
+                 *(("eval", ["ckpt_path=x.ckpt", f"experiment={e}"]) for e in [None, *_options("experiment")]),
                  *(("train", [f"debug={d}"]) for d in [None, *_options("debug")])]
 
 

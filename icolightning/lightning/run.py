@@ -108,9 +108,11 @@ def metrics_table(metrics: dict[str, float | None]) -> str:
 
 
 @torch.no_grad()
-def save_segmentation_maps(model: SegmentationModule, datamodule: L.LightningDataModule, level: int,
-                           path: Path, samples: int = 2, title: str = "") -> Path:
-    """Maps of truth vs prediction for the first test samples, over the first input field."""
+def save_segmentation_figures(model: SegmentationModule, datamodule: L.LightningDataModule, run_dir: Path,
+                              samples: int = 2, title: str = "") -> None:
+    """After a test run: the confusion matrix, and truth vs prediction maps of the first test
+    samples over their TMQ field (or the first input field)."""
+    save_confusion_matrix(run_dir / "confusion_matrix.png", np.asarray(model.test_confusion), model.class_names)
     model.eval()
     x, y = next(iter(datamodule.test_dataloader()))
     x, y = x[:samples].to(model.device), y[:samples]
@@ -118,8 +120,9 @@ def save_segmentation_maps(model: SegmentationModule, datamodule: L.LightningDat
     variables = list(model.data_stats.get("variables") or [])
     channel = variables.index("TMQ") if "TMQ" in variables else 0
     background = x[:, channel].float().cpu().numpy()
-    return save_mask_maps(path, IcoGrid(level).latlon, prediction, model.class_names, truth=y.numpy(),
-                          background=background, title=title)
+    latlon = IcoGrid(int(model.data_stats.get("level", datamodule.level))).latlon
+    save_mask_maps(run_dir / "prediction_map.png", latlon, prediction, model.class_names, truth=y.numpy(),
+                   background=background, title=title)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -151,13 +154,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best:
         results["best_score"] = float(trainer.checkpoint_callback.best_model_score)
     if cfg.test:
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        tested_ckpt = best if cfg.train else resolve_ckpt_path(cfg.ckpt_path, run_dir)
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=tested_ckpt, weights_only=True)
         results["test"] = scalar_metrics({k: v for d in tested for k, v in d.items()})
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", results)
         if cfg.get("plots") and cfg.test and isinstance(model, SegmentationModule):
-            save_segmentation_maps(model, datamodule, cfg.data.level, run_dir / "prediction_map.png",
-                                   title=f"{cfg.name}: test samples, best checkpoint")
+            save_segmentation_figures(model, datamodule, run_dir, title=f"{cfg.name}: test samples")
         log.info("results in %s:\n%s", run_dir, metrics_table(results.get("test", {})))
     return results
 
@@ -182,9 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", results)
         print(metrics_table(metrics))
         if isinstance(model, SegmentationModule):
-            confusion = np.asarray(model.test_confusion)
-            save_confusion_matrix(run_dir / "confusion_matrix.png", confusion, model.class_names)
-            save_segmentation_maps(model, datamodule, cfg.data.level, run_dir / "prediction_map.png",
-                                   samples=cfg.num_map_samples, title=f"{Path(cfg.ckpt_path).name}: test")
+            save_segmentation_figures(model, datamodule, run_dir, samples=cfg.num_map_samples,
+                                      title=f"{Path(cfg.ckpt_path).name}: test samples")
         print(f"metrics and figures in {run_dir}")
     return results
