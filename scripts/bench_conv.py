@@ -27,16 +27,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device) -> float:
+def _time(fn, device: torch.device, reset, clock) -> float:
+    reset()
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
-            device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float]:
     grid = IcoGrid(level)
     r_in = 6 if in_rep == "regular" else 1
     conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
@@ -51,20 +52,31 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     plain_x = torch.randn(batch, channels * r_in, 5 * height, width, device=device, dtype=dtype,
                           requires_grad=True)
 
+    # Upstream gradients as a following layer would hand them back: dense, in each output's layout.
+    out = conv(IcoSignal(charts, poles))
+    grad_charts = torch.randn_like(out.charts)
+    grad_poles = torch.randn_like(out.poles)
+    plain_grad = torch.randn_like(F.conv2d(plain_x, plain_w, plain_b, padding=1))
+    leaves = (charts, poles, *conv.parameters(), plain_x, plain_w, plain_b)
+
     def ico_step() -> None:
         out = conv(IcoSignal(charts, poles))
-        (out.charts.sum() + out.poles.sum()).backward()
+        torch.autograd.backward((out.charts, out.poles), (grad_charts, grad_poles))
 
     def plain_step() -> None:
-        F.conv2d(plain_x, plain_w, plain_b, padding=1).sum().backward()
+        F.conv2d(plain_x, plain_w, plain_b, padding=1).backward(plain_grad)
+
+    def reset() -> None:
+        for leaf in leaves:
+            leaf.grad = None
 
     for _ in range(3):
         ico_step()
         plain_step()
     ico, plain = [], []
     for _ in range(repeats):
-        ico.append(_time(ico_step, device))
-        plain.append(_time(plain_step, device))
+        ico.append(_time(ico_step, device, reset, clock))
+        plain.append(_time(plain_step, device, reset, clock))
     return statistics.median(ico), statistics.median(plain)
 
 
@@ -76,14 +88,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu = process CPU time, steadier when other programs share the machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} "
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch} "
           f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
     print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'conv2d ms':>11}{'ratio':>8}")
     cases = [(lvl, "regular") for lvl in args.level] + [(5 if 5 in args.level else args.level[0], "scalar")]
     for level, in_rep in cases:
-        ico, plain = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype)
+        ico, plain = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype, clock)
         name = "regular->regular" if in_rep == "regular" else "scalar->regular"
         print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>11.1f}{ico / plain:>8.3f}")
 

@@ -47,8 +47,8 @@ def test_strided_conv_is_equivariant(level, in_rep, out_rep):
 def test_a_non_equivariant_control_is_caught():
     """The checker must fail a layer that ignores the gauge: padding without orientation shifts."""
     conv = _conv(2, "regular", "regular")
-    conv.pad.reg_shift.zero_()
-    conv.pad.route_shift.zero_()
+    conv.pad.strip_shift.zero_()
+    conv.pad.small_shift.zero_()
     x = _input(2, 3, 6)
     assert max_equivariance_error(signal_fn(conv), 2, 2, x) > 1e-3
 
