@@ -66,19 +66,20 @@ class SphericalMNIST(Dataset):
         self.fresh_rotations = fresh_rotations
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         grid = IcoGrid(level)
-        self._images = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)
+        pixels = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)
         self._points = torch.from_numpy(grid.xyz)
         self._perms = torch.from_numpy(grid.rotation_permutations)
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         self.rotation_ids: torch.Tensor | None = None
         self.rotations: torch.Tensor | None = None
+        # Fresh R rotations need the images at every read; every other case keeps only signals.
+        self._images = pixels if self.mode == "R" and fresh_rotations else None
+        self._signals: torch.Tensor | None = None
         if self.mode == "R" and not fresh_rotations:
             self.rotations = random_rotations(len(self.labels), generator)
-            self._signals = project_rotated(self._images, self.rotations, self._points, half_width)
-        elif self.mode == "R":
-            self._signals = None
-        else:
-            self._signals = torch.from_numpy(project_images(self._images.numpy(), level, half_width))
+            self._signals = project_rotated(pixels, self.rotations, self._points, half_width)
+        elif self.mode != "R":
+            self._signals = torch.from_numpy(project_images(pixels.numpy(), level, half_width))
         if self.mode == "I" and not fresh_rotations:
             self.rotation_ids = torch.randint(NUM_ICO_ROTATIONS, (len(self.labels),), generator=generator)
 
@@ -86,7 +87,7 @@ class SphericalMNIST(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mode == "R" and self._signals is None:
+        if self._images is not None:
             rotation = random_rotations(1)
             x = project_rotated(self._images[index : index + 1], rotation, self._points, self.half_width)[0]
         else:
