@@ -118,10 +118,11 @@ def test_compiled_and_uncompiled_checkpoints_load_into_each_other(fitted, tmp_pa
     assert torch.equal(wrapper.net._orig_mod.eval()(x), reference)
 
 
+@pytest.mark.slow  # dynamo tracing of the U-Net takes about a minute on 2 CPU cores
 def test_compile_option_trains_and_keeps_plain_keys(climate):
     module = SegmentationModule(UNET, compile="eager")
     assert not any("_orig_mod" in k for k in module.state_dict())
-    trainer = _trainer(climate / "compiled", max_steps=2, limit_val_batches=1)
+    trainer = _trainer(climate / "compiled", max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=_datamodule(climate))
     assert trainer.global_step == 2
 
