@@ -221,3 +221,10 @@ def test_bad_inputs_are_refused():
         IcoConv(3, 4, 2, "vector", "regular")
     with pytest.raises(ValueError, match="icosahedral"):
         IcoSignal.from_vertices(torch.randn(1, 3, 100))
+
+
+def test_index_buffers_follow_the_module_to_another_device():
+    conv = IcoConv(2, 3, 2, "regular", "regular").to(torch.device("meta"))
+    assert all(t.device.type == "meta" for t in (*conv.buffers(), *conv.parameters()))
+    out = conv(IcoSignal.from_vertices(torch.empty(1, 2, 6, IcoGrid(2).num_vertices, device="meta")))
+    assert out.charts.device.type == "meta" and out.charts.shape == (1, 3, 6, 5, 4, 8)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from icolightning.grid import HEX_OFFSETS, ORIENTATIONS, IcoGrid
 from icolightning.nn.padding import GaugePad, Padded
-from icolightning.nn.signal import IcoSignal, level_of, rep_size
+from icolightning.nn.signal import IcoSignal, rep_size
 from icolightning.nn.tables import corner_table, kernel_expansion
 
 _CENTRE = 4
@@ -62,6 +63,8 @@ class IcoConv(nn.Module):
         self.register_buffer("corner_tap", torch.tensor(_TAP_POSITION), persistent=False)
         out_corners = IcoGrid(level - stride + 1).chart_corner_pixels()
         self.register_buffer("out_corners", torch.as_tensor(out_corners), persistent=False)
+        pole_neighbours = np.unravel_index(corner_table(level).neighbours[10:], (5, *IcoGrid(level).chart_shape))
+        self.register_buffer("pole_neighbours", torch.as_tensor(np.stack(pole_neighbours)), persistent=False)
         self.pad = GaugePad(level)
         self.reset_parameters()
 
@@ -95,7 +98,7 @@ class IcoConv(nn.Module):
 
     def forward(self, x: IcoSignal | torch.Tensor) -> IcoSignal | torch.Tensor:
         plain = isinstance(x, torch.Tensor)
-        signal = with_estimated_poles(x) if plain else x
+        signal = with_estimated_poles(x, self.pole_neighbours) if plain else x
         if signal.orientations != self.in_orientations or signal.charts.shape[1] != self.in_channels:
             raise ValueError(f"{self.__class__.__name__}({self.extra_repr()}) got charts of shape "
                              f"{tuple(signal.charts.shape)}")
@@ -121,15 +124,12 @@ class IcoConv(nn.Module):
         return charts if plain else IcoSignal(charts, poles)
 
 
-def with_estimated_poles(charts: torch.Tensor) -> IcoSignal:
-    """A chart tensor has no poles: give each pole the orientation mean of its 5 neighbours."""
+def with_estimated_poles(charts: torch.Tensor, pole_neighbours: torch.Tensor) -> IcoSignal:
+    """A chart tensor has no poles: give each pole the orientation mean of its 5 neighbours,
+    whose (chart, h, w) are `pole_neighbours` [3, 2, 5]."""
     if charts.dim() != 6 or charts.shape[3] != 5:
         raise ValueError(f"expected a chart tensor [B, C, R, 5, H, W], got {tuple(charts.shape)}")
-    level = level_of(charts.shape[-2])
-    grid = IcoGrid(level)
-    pole_neighbours = corner_table(level).neighbours[10:]
-    c, h, w = (torch.as_tensor(a, device=charts.device)
-               for a in torch.unravel_index(torch.as_tensor(pole_neighbours), (5, *grid.chart_shape)))
     b, ch, r = charts.shape[:3]
+    c, h, w = pole_neighbours
     means = charts[:, :, :, c, h, w].mean((2, 4))
     return IcoSignal(charts, means[:, :, None, :].expand(b, ch, r, 2))

@@ -125,7 +125,7 @@ class GaugePad(nn.Module):
         self.level = level
         grid = IcoGrid(level)
         table = padding_table(level)
-        height, width = grid.chart_shape
+        height, width = self.chart_shape = grid.chart_shape
         padded_pos = table.hp * (width + 2) + table.wp
         kind = {k: table.kind == k for k in (REGULAR, CORNER, UNUSED)}
         corner_pix = grid.chart_corner_pixels()
@@ -205,7 +205,7 @@ class GaugePad(nn.Module):
         key = (channels, orientations, device)
         cached = self._offset_cache.get(key)
         if cached is None:
-            height, width = IcoGrid(self.level).chart_shape
+            height, width = self.chart_shape
             plane, unpadded = (height + 2) * (width + 2), height * width
 
             def offsets(chart, pos, shift=0, size=plane):
