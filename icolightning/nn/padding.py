@@ -54,6 +54,11 @@ def _border_strips(buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return buf[..., 0, :], buf[..., -1, :], buf[..., 1:-1, 0], buf[..., 1:-1, -1]
 
 
+def _boundary_strips(charts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of each chart's outermost pixels: row 0, row H-1, then columns 0 and W-1 without them."""
+    return charts[..., 0, :], charts[..., -1, :], charts[..., 1:-1, 0], charts[..., 1:-1, -1]
+
+
 class _GaugePadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, charts, poles, pad: GaugePad):
@@ -93,12 +98,19 @@ class _GaugePadFunction(torch.autograd.Function):
         g_buf = g_buf.contiguous()
         grad = g_buf[..., 1:-1, 1:-1].contiguous()
         flat = grad.view(b, -1)
-        flat.index_add_(1, off["strip_routes"], torch.cat(_border_strips(g_buf), dim=-1).view(b, -1))
+        g_flat = g_buf.view(b, -1)
+        if pad.level > 0:
+            pulled = g_flat.index_select(1, off["boundary_pull"]).view(b, NUM_CHARTS, c, r, -1)
+            start = 0
+            for strip in _boundary_strips(grad):
+                strip.add_(pulled[..., start: start + strip.shape[-1]])
+                start += strip.shape[-1]
         g_patches = g_patches.reshape(b, c, r, 90)
         g_nb = g_nb.reshape(b, c, r, 60)
-        small = torch.cat([g_patches[..., pad.patch_regular], g_nb[..., pad.nb_regular]], dim=-1)
+        small = torch.cat([g_patches[..., pad.patch_regular], g_nb[..., pad.nb_regular],
+                           g_flat.index_select(1, off["extra_pull"]).view(b, c, r, -1)], dim=-1)
         flat.index_add_(1, off["small_routes"], small.reshape(b, -1))
-        at_corners = torch.cat([g_buf.view(b, -1).index_select(1, off["corner_dst"]).view(b, c, r, -1),
+        at_corners = torch.cat([g_flat.index_select(1, off["corner_dst"]).view(b, c, r, -1),
                                 g_patches[..., pad.patch_corner], g_nb[..., pad.nb_is_corner.flatten()]], dim=-1)
         per_corner = g_own.index_add(2, pad.route_slot, at_corners.sum(2)) / r
         flat.index_copy_(1, off["corner_grad"], per_corner[:, :, None, :10].expand(b, c, r, 10).reshape(b, -1))
@@ -143,14 +155,28 @@ class GaugePad(nn.Module):
 
         strip_cells = ([(0, wp) for wp in range(width + 2)] + [(height + 1, wp) for wp in range(width + 2)]
                        + [(hp, 0) for hp in range(1, height + 1)] + [(hp, width + 1) for hp in range(1, height + 1)])
-        strip_src, strip_route = [], []
+        strip_src, pulls_of = [], {}
         for chart in range(NUM_CHARTS):
             dump = int(corner_pix[2 * chart, 0]) * height * width
             for hp, wp in strip_cells:
                 kind_, source, shift, _ = route_of[(chart, hp * (width + 2) + wp)]
                 regular = kind_ == REGULAR
                 strip_src.append((*padded(source if regular else dump), shift if regular else 0))
-                strip_route.append((*unpadded(source if regular else dump), shift if regular else 0))
+                if regular:
+                    pulls_of.setdefault(source, []).append((chart, hp * (width + 2) + wp, -shift))
+        # Backward pulls each boundary pixel's gradient from the border cells copied from it: the
+        # first through one gather laid out like the boundary strips, a rare second (3 pixels per
+        # chart) through a small scatter. The 10 corners have none; their gradient is set last.
+        boundary = ([(0, w) for w in range(width)] + [(height - 1, w) for w in range(width)]
+                    + [(h, 0) for h in range(1, height - 1)] + [(h, width - 1) for h in range(1, height - 1)])
+        boundary_pull, extra_pull, extra_route = [], [], []
+        for chart in range(NUM_CHARTS):
+            for h, w in boundary:
+                vertex = chart * height * width + h * width + w
+                pulls = pulls_of.get(vertex, [(*padded(vertex), 0)])
+                boundary_pull.append(pulls[0])
+                extra_pull += pulls[1:]
+                extra_route += [unpadded(vertex)] * len(pulls[1:])
 
         patch_pad_pos = ((corner_pix[:, 1:2] + np.repeat(np.arange(3), 3)) * (width + 2)
                          + corner_pix[:, 2:3] + np.tile(np.arange(3), 3))
@@ -173,12 +199,18 @@ class GaugePad(nn.Module):
         route_slot = np.concatenate([table.corner_slot[kind[CORNER]],
                                      [route[3] for route in patch_routes if route[0] == CORNER],
                                      [slot_of[int(v)] for v in nb[nb_is_corner]]])
-        strip_src, strip_route = np.array(strip_src).reshape(NUM_CHARTS, -1, 3), np.array(strip_route).reshape(
-            NUM_CHARTS, -1, 3)
+        strip_src = np.array(strip_src).reshape(NUM_CHARTS, -1, 3)
+        boundary_pull = np.array(boundary_pull).reshape(NUM_CHARTS, -1, 3)
+        extra_pull, extra_route = np.array(extra_pull).reshape(-1, 3), np.array(extra_route).reshape(-1, 2)
         nb_padded = np.array([padded(int(v)) for v in nb_pixel])
         buffers = {
             "strip_src_chart": strip_src[..., 0], "strip_src_pos": strip_src[..., 1], "strip_shift": strip_src[..., 2],
-            "strip_route_chart": strip_route[..., 0], "strip_route_pos": strip_route[..., 1],
+            "pull_chart": boundary_pull[..., 0], "pull_pos": boundary_pull[..., 1],
+            "pull_shift": boundary_pull[..., 2],
+            "extra_chart": extra_pull[:, 0], "extra_pos": extra_pull[:, 1], "extra_shift": extra_pull[:, 2],
+            "small_chart": np.concatenate([small_src // (height * width), extra_route[:, 0]]),
+            "small_pos": np.concatenate([small_src % (height * width), extra_route[:, 1]]),
+            "small_shift": np.concatenate([small_shift, np.zeros(len(extra_route), dtype=np.int64)]),
             "cor_chart": table.chart[kind[CORNER]], "cor_pos": padded_pos[kind[CORNER]],
             "cor_slot": table.corner_slot[kind[CORNER]],
             "unused_chart": table.chart[kind[UNUSED]], "unused_pos": padded_pos[kind[UNUSED]],
@@ -190,8 +222,7 @@ class GaugePad(nn.Module):
             "nb_chart": nb_padded[:, 0], "nb_pad_pos": nb_padded[:, 1],
             "nb_toward": corners.toward.ravel(), "nb_regular": np.flatnonzero(~nb_is_corner),
             "nb_slot": np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),
-            "small_chart": small_src // (height * width), "small_pos": small_src % (height * width),
-            "small_shift": small_shift, "route_slot": route_slot,
+            "route_slot": route_slot,
         }
         for name, values in buffers.items():
             self.register_buffer(name, _long(values), persistent=False)
@@ -216,7 +247,8 @@ class GaugePad(nn.Module):
                 "corner_pixels": offsets(self.cc, self.corner_pad_pos),
                 "neighbours": offsets(self.nb_chart, self.nb_pad_pos, self.nb_toward),
                 "strips": offsets(self.strip_src_chart, self.strip_src_pos, self.strip_shift),
-                "strip_routes": offsets(self.strip_route_chart, self.strip_route_pos, self.strip_shift, unpadded),
+                "boundary_pull": offsets(self.pull_chart, self.pull_pos, self.pull_shift),
+                "extra_pull": offsets(self.extra_chart, self.extra_pos, self.extra_shift),
                 "corner_dst": offsets(self.cor_chart, self.cor_pos),
                 "unused_dst": offsets(self.unused_chart, self.unused_pos),
                 "patches": offsets(self.patch_chart, self.patch_pos),
