@@ -3,4 +3,4 @@
 from datamodules.climate import ClimateDataModule
 from datamodules.mnist import SphericalMNISTDataModule as SphericalMNISTDataModule
 
-__all__ = ["ClimateDataModule"]
+__all__ = ["ClimateDataModule", "SphericalMNISTDataModule"]

@@ -9,7 +9,8 @@ rename, so a crash never leaves half an entry, a rerun resumes with the missing 
 several DDP ranks building the same entry at once are harmless (the first rename wins, the
 others discard their copy). The entry name hashes everything that changes its content: the
 source's path, size and mtime, the level, variables, method, label variable, NaN policy and
-CACHE_VERSION (bump it whenever preprocessing changes).
+CACHE_VERSION (bump it whenever preprocessing changes; `REGRID_FINGERPRINTS` makes a test fail
+when the regridding changes without a bump).
 """
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.netcdf_io import NUM_CLASSES, DataFileError, LatLonFile
+from datamodules.layout import NUM_CLASSES
+from datamodules.netcdf_io import DataFileError, LatLonFile
 from datamodules.regrid import METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+REGRID_FINGERPRINTS: dict[int, str] = {
+    2: "ac2e219bcffeed50",
+}
+"""`datamodules.regrid.regrid_fingerprint()` of the regridding each CACHE_VERSION was made with.
+
+A test compares the current fingerprint with the entry of CACHE_VERSION: when the regridding
+changes, bump CACHE_VERSION and add the new fingerprint here (old caches are then rebuilt)."""
 NAN_POLICIES = ("fill", "raise")
 _SLAB_BYTES = 1 << 28
 _TMP_PREFIX = ".tmp-"
@@ -161,7 +170,8 @@ def _write_entry(source: Path, config: PreprocessConfig, tmp: Path) -> list[str]
             ico, missing = data.read_vertices(config.level, config.method, start, stop)
             if config.nan_policy == "raise" and missing.any():
                 bad = [v for v, k in zip(config.variables, missing, strict=True) if k]
-                raise DataFileError(source, f"{int(missing.sum())} missing (NaN/_FillValue) values", ", ".join(bad))
+                problem = f"{int(missing.sum())} missing or non-finite (NaN/inf/_FillValue) values"
+                raise DataFileError(source, problem, ", ".join(bad))
             nan_sources += missing
             nan_vertices += np.isnan(ico).sum(axis=(0, 2))
             fields[start:stop] = ico
@@ -193,8 +203,8 @@ def _write_entry(source: Path, config: PreprocessConfig, tmp: Path) -> list[str]
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return [
-        f"{source}: variable {name!r} has {k} missing (NaN/_FillValue) points; regridding skipped them, "
-        f"and the {v} vertices left without any valid neighbour are set to the training mean"
+        f"{source}: variable {name!r} has {k} missing or non-finite (NaN/inf/_FillValue) points; regridding "
+        f"skipped them, and the {v} vertices left without any valid neighbour are set to the training mean"
         for name, k, v in zip(config.variables, nan_sources, nan_vertices, strict=True)
         if k
     ]

@@ -4,7 +4,9 @@
 (`datamodules.cache`) by `prepare_data()`; datasets then only read memory-mapped vertex arrays,
 so DataLoader workers never touch netCDF. The validation split is the latest `val_fraction`
 of the training samples by time, never a random draw, so that it tests generalisation to
-unseen weather. Normalisation statistics and class frequencies come from the remaining
+unseen weather. Samples whose time is unknown (no decodable time coordinate and no
+YYYY-MM-DD in the file name) are ordered after all dated ones, by file name and step, so they
+are the first to go to validation. Normalisation statistics and class frequencies come from the remaining
 training samples only and travel with checkpoints through `state_dict()`.
 """
 
@@ -22,10 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.atomic import atomic_path
 from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache
+from datamodules.layout import NUM_CLASSES, VARIABLES
 from datamodules.netcdf_io import list_netcdf
 from datamodules.normalization import Normalization
-from datamodules.synthetic import VARIABLES
 
 CLIMATENET4: tuple[str, ...] = ("TMQ", "U850", "V850", "PSL")
 ALL16: tuple[str, ...] = tuple(VARIABLES)
@@ -60,7 +63,8 @@ def split_files(data_dir: Path, split: str) -> list[Path]:
 
 
 def samples_by_time(entries: Sequence[CacheEntry]) -> list[tuple[int, int]]:
-    """(entry, step) pairs in time order; undated steps keep file-name order, after dated ones."""
+    """(entry, step) pairs in time order; undated steps come after all dated ones, in file-name and
+    step order (so with a validation split they are validated on, never trained on, first)."""
     keyed = []
     for e, entry in enumerate(entries):
         meta = entry.meta
@@ -77,9 +81,18 @@ def checked_fraction(val_fraction: float) -> float:
 
 
 def split_validation(samples: list[tuple[int, int]], val_fraction: float) -> tuple[list, list]:
-    """The latest ceil(val_fraction * n) samples validate; at least one sample stays for training."""
+    """The latest ceil(val_fraction * n) samples validate; at least one sample stays for training.
+
+    With val_fraction > 0 the validation split must not come out empty (a single training
+    sample): that raises ValueError rather than silently validating on nothing.
+    """
     val_fraction = checked_fraction(val_fraction)
     n_val = min(math.ceil(val_fraction * len(samples)), len(samples) - 1)
+    if val_fraction > 0 and n_val < 1:
+        raise ValueError(
+            f"val_fraction={val_fraction:g} of {len(samples)} training sample(s) leaves the validation split "
+            "empty (at least one sample must stay for training): add training files or set val_fraction=0"
+        )
     return samples[: len(samples) - n_val], samples[len(samples) - n_val :]
 
 
@@ -186,7 +199,7 @@ class ClimateDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return 3
+        return NUM_CLASSES
 
     @property
     def normalization(self) -> Normalization:
@@ -200,7 +213,12 @@ class ClimateDataModule(L.LightningDataModule):
         return np.asarray(self.normalization.class_frequencies)
 
     def set_normalization(self, norm: Normalization | dict) -> None:
-        """Use statistics from a checkpoint instead of computing them (eval / predict)."""
+        """Use statistics from a checkpoint instead of computing them (eval / predict / resume).
+
+        Datasets that already exist switch to them too: Lightning calls `setup()` before it
+        restores the datamodule state from a checkpoint, so `load_state_dict` arrives after the
+        datasets were built with statistics recomputed from `train/`.
+        """
         norm = norm if isinstance(norm, Normalization) else Normalization.from_dict(norm)
         if norm.variables != self.variables or norm.level != self.level:
             raise ValueError(
@@ -208,6 +226,9 @@ class ClimateDataModule(L.LightningDataModule):
                 f"but this datamodule uses {self.variables} at level {self.level}"
             )
         self._normalization = norm
+        for dataset in (self.train_set, self.val_set, self.test_set):
+            if dataset is not None:
+                dataset.norm = norm
 
     def state_dict(self) -> dict:
         return {"normalization": self._normalization.to_dict()} if self._normalization else {}
@@ -255,10 +276,8 @@ class ClimateDataModule(L.LightningDataModule):
     def _store_stats(self, norm: Normalization) -> None:
         """Keep a human-readable copy next to the cache (written atomically)."""
         folder = self.cache_dir / self.config.folder_name()
-        target = folder / f"normalization-val{self.val_fraction:g}.json"
-        tmp = folder / f".tmp-stats-{os.getpid()}.json"
-        tmp.write_text(json.dumps(norm.to_dict(), indent=1))
-        os.replace(tmp, target)
+        with atomic_path(folder / f"normalization-val{self.val_fraction:g}.json") as tmp:
+            tmp.write_text(json.dumps(norm.to_dict(), indent=1))
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") or self._normalization is None:

@@ -15,11 +15,18 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from datamodules.layout import NUM_CLASSES
 from datamodules.regrid import latlon_to_ico
 
-NUM_CLASSES = 3
 _LAT_UNITS = {"degreesnorth", "degreenorth", "degreesn", "degreen"}
 _LON_UNITS = {"degreeseast", "degreeeast", "degreese", "degreee"}
+_NOT_LATLON = {
+    "grid_latitude": "a rotated-pole grid",
+    "grid_longitude": "a rotated-pole grid",
+    "projection_x_coordinate": "a projected grid",
+    "projection_y_coordinate": "a projected grid",
+}
+"""CF standard names of 1-D grid coordinates that are not geographic latitude/longitude."""
 _DATE_IN_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
 
@@ -31,8 +38,14 @@ class DataFileError(ValueError):
         where = f"{path}" if variable is None else f"{path}: variable {variable!r}"
         super().__init__(f"{where}: {problem}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DataFileError], tuple[Path, str, str | None]]:
         return type(self), (self.path, self.problem, self.variable)
+
+
+def missing_variables_error(path: str | Path, ds: xr.Dataset, missing: Sequence[str]) -> DataFileError:
+    """The error for requested variables that a file lacks, listing what it does have."""
+    available = ", ".join(sorted(map(str, ds.data_vars))) or "none"
+    return DataFileError(path, f"not in the file; it has the variables: {available}", ", ".join(missing))
 
 
 def open_netcdf(path: str | Path) -> xr.Dataset:
@@ -60,19 +73,49 @@ def _is_axis(ds: xr.Dataset, dim: str, kind: str) -> bool:
     if dim not in ds.variables:
         return dim.lower() in names
     var = ds[dim]
+    if var.attrs.get("standard_name") in _NOT_LATLON:
+        return False
     units = _LAT_UNITS if kind == "lat" else _LON_UNITS
     axis = "Y" if kind == "lat" else "X"
     standard = "latitude" if kind == "lat" else "longitude"
     return (
         var.attrs.get("standard_name") == standard
         or _normalised_units(var) in units
-        or (var.attrs.get("axis") == axis and var.ndim == 1)
+        or (var.attrs.get("axis") == axis and var.ndim == 1 and _normalised_units(var).startswith("degree"))
         or dim.lower() in names
     )
 
 
+def _refuse_non_latlon(ds: xr.Dataset, path: str | Path) -> None:
+    """Rotated-pole and projected grids look rectilinear but are not latitude-longitude grids."""
+    for dim in map(str, ds.dims):
+        if dim not in ds.variables:
+            continue
+        var = ds[dim]
+        standard, axis = var.attrs.get("standard_name"), var.attrs.get("axis")
+        units = str(var.attrs.get("units", ""))
+        if standard in _NOT_LATLON:
+            reason = f"has standard_name {standard!r}: {_NOT_LATLON[standard]}"
+        elif axis in ("X", "Y") and var.ndim == 1 and not _normalised_units(var).startswith("degree"):
+            if _is_axis(ds, dim, "lat" if axis == "Y" else "lon"):
+                continue  # recognised by its name, standard_name or units; the axis is extra
+            reason = f"has axis {axis!r} but units {units!r}, not degrees: a projected grid"
+        else:
+            continue
+        raise DataFileError(
+            path,
+            f"grid dimension {dim!r} {reason}, not a regular latitude-longitude grid; regrid the file "
+            "to latitude-longitude first (e.g. with cdo remapbil or xESMF)",
+        )
+
+
 def find_latlon_dims(ds: xr.Dataset, path: str | Path) -> tuple[str, str]:
-    """Names of the latitude and longitude dimensions (1-D coordinates of a rectilinear grid)."""
+    """Names of the latitude and longitude dimensions (1-D coordinates of a rectilinear grid).
+
+    Rotated-pole (`grid_latitude`/`grid_longitude`) and projected (`projection_x/y_coordinate`,
+    or an X/Y axis in other units than degrees) grids are refused with a DataFileError.
+    """
+    _refuse_non_latlon(ds, path)
     found = {}
     for kind in ("lat", "lon"):
         matches = [d for d in ds.dims if _is_axis(ds, str(d), kind)]
@@ -131,12 +174,7 @@ class LatLonFile:
             wanted = [*self.variables, *([label_variable] if label_variable else [])]
             missing = [v for v in wanted if v not in self.ds.data_vars]
             if missing:
-                available = ", ".join(sorted(map(str, self.ds.data_vars))) or "none"
-                raise DataFileError(
-                    self.path,
-                    f"not in the file; it has the variables: {available}",
-                    variable=", ".join(missing),
-                )
+                raise missing_variables_error(self.path, self.ds, missing)
             for name in wanted:
                 self._check_dims(name)
             self.lat = np.asarray(self.ds[self.lat_dim].values, dtype=np.float64)
@@ -187,14 +225,18 @@ class LatLonFile:
         var = var.transpose(self.lat_dim, self.lon_dim)
         return var.expand_dims({"_step": stop - start})
 
-    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+    def _load(self, name: str, start: int, stop: int) -> np.ndarray:
+        """The decoded values of one variable's time slab; read errors name the file and variable."""
         try:
-            return np.asarray(self._slab(name, start, stop).values, dtype=np.float32)
+            return np.asarray(self._slab(name, start, stop).values)
         except (OSError, RuntimeError, ValueError) as exc:
             raise DataFileError(self.path, f"cannot be read ({type(exc).__name__}: {exc})", name) from exc
 
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._load(name, start, stop), dtype=np.float32)
+
     def read_fields(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 [t, C, nlat, nlon]; missing values (_FillValue) come back as NaN."""
+        """float32 [t, C, nlat, nlon]; missing values (_FillValue) come back as NaN, inf as it is."""
         stop = self.num_times if stop is None else stop
         out = np.empty((stop - start, len(self.variables), self.lat.size, self.lon.size), dtype=np.float32)
         for c, name in enumerate(self.variables):
@@ -207,31 +249,38 @@ class LatLonFile:
         """Fields regridded to the icosahedron, float32 [t, C, N], and missing points per variable.
 
         Each variable is regridded right after it is read, while it is still in the CPU cache,
-        which makes regridding a small fraction of the read time. Missing source values are
-        skipped (see `latlon_to_ico`); vertices with no valid source are NaN.
+        which makes regridding a small fraction of the read time. Non-finite source values
+        (NaN, _FillValue, ±inf) count as missing and are skipped (see `latlon_to_ico`);
+        vertices with no valid source are NaN. A grid that cannot be regridded (repeated
+        latitudes, latitudes beyond ±90°, a single row) raises DataFileError.
         """
         stop = self.num_times if stop is None else stop
         out, missing = [], []
         for name in self.variables:
             field = self._read(name, start, stop)
-            has_nan = np.isnan(field.sum(dtype=np.float64))
-            missing.append(int(np.isnan(field).sum()) if has_nan else 0)
-            out.append(latlon_to_ico(field, self.lat, self.lon, level, method))
+            if np.isfinite(field.sum(dtype=np.float64)):
+                missing.append(0)
+            else:
+                bad = ~np.isfinite(field)
+                missing.append(int(bad.sum()))
+                field[bad] = np.nan
+            try:
+                out.append(latlon_to_ico(field, self.lat, self.lon, level, method))
+            except ValueError as exc:
+                raise DataFileError(self.path, f"cannot be regridded: {exc}", name) from exc
         return np.stack(out, axis=1), np.asarray(missing, dtype=np.int64)
 
     def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """int64 [t, nlat, nlon] with every value checked to be a class in {0, 1, 2}."""
+        """int64 [t, nlat, nlon] with every value checked to be a class in 0 .. NUM_CLASSES - 1."""
         if self.label_variable is None:
             raise ValueError("no label variable was requested")
         stop = self.num_times if stop is None else stop
         name = self.label_variable
-        try:
-            raw = np.asarray(self._slab(name, start, stop).values)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise DataFileError(self.path, f"cannot be read ({type(exc).__name__}: {exc})", name) from exc
+        raw = self._load(name, start, stop)
         if np.issubdtype(raw.dtype, np.floating):
-            if np.isnan(raw).any():
-                raise DataFileError(self.path, f"{int(np.isnan(raw).sum())} missing (NaN/_FillValue) labels", name)
+            if not np.isfinite(raw).all():
+                missing = int((~np.isfinite(raw)).sum())
+                raise DataFileError(self.path, f"{missing} missing (NaN/inf/_FillValue) labels", name)
             if not np.array_equal(raw, np.round(raw)):
                 raise DataFileError(self.path, "labels must be whole numbers", name)
         labels = raw.astype(np.int64)

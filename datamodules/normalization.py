@@ -15,6 +15,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Normalization:
+    """Per-channel mean and std of the training split, class frequencies, and the grid they are for.
+
+    `apply` standardises raw vertex fields with them; `level` and `method` record the
+    icosahedral level and the regridding method, so that data regridded otherwise is refused.
+    """
+
     variables: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -44,9 +50,17 @@ class Normalization:
         if (total == 0).any():
             empty = [v for v, n in zip(variables, total, strict=True) if n == 0]
             raise ValueError(f"no valid training values for {empty}")
-        grand = (count * mean).sum(0) / total
-        spread = (m2 + count * (mean - grand) ** 2).sum(0) / total
+        with np.errstate(invalid="ignore", over="ignore"):
+            grand = (count * mean).sum(0) / total
+            spread = (m2 + count * (mean - grand) ** 2).sum(0) / total
         std = np.sqrt(spread)
+        bad = ~(np.isfinite(grand) & np.isfinite(std))
+        if bad.any():
+            names = [v for v, b in zip(variables, bad, strict=True) if b]
+            raise ValueError(
+                f"training statistics of {names} are not finite (mean {grand[bad].tolist()}, std "
+                f"{std[bad].tolist()}); the data holds inf/NaN values that were not treated as missing"
+            )
         std = np.where(std > 1e-12 * np.maximum(np.abs(grand), 1.0), std, 1.0)
         labels = label_counts.sum(0).astype(np.float64)
         return cls(

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from datamodules.netcdf_io import LatLonFile
+from datamodules.atomic import atomic_path
+from datamodules.layout import CLASS_NAMES, LABEL_VARIABLE
+from datamodules.netcdf_io import DataFileError, LatLonFile
 from datamodules.normalization import Normalization
 from datamodules.regrid import ico_to_latlon
-from datamodules.synthetic import CLASS_NAMES
 
 
 @dataclass
@@ -48,10 +49,16 @@ def load_for_prediction(
     `normalization` is a `Normalization` or its `to_dict()` (as stored in a checkpoint); it also
     fixes the variables, the level and, unless `method` is given, the regridding method.
     Missing values are skipped when regridding and vertices without data get the training mean.
+    Problems with the file (variables, grid) raise DataFileError naming it.
     """
     norm = normalization if isinstance(normalization, Normalization) else Normalization.from_dict(normalization)
     with LatLonFile(path, norm.variables) as data:
-        ico, _ = data.read_vertices(norm.level, method or norm.method)
+        try:
+            ico, _ = data.read_vertices(norm.level, method or norm.method)
+        except DataFileError:
+            raise
+        except ValueError as exc:
+            raise DataFileError(path, f"cannot be regridded: {exc}", ", ".join(norm.variables)) from exc
         keep = [d for d in (data.time_dim, data.lat_dim, data.lon_dim) if d and d in data.ds.variables]
         coords = data.ds[keep].load() if keep else xr.Dataset()
         nan_vertices = dict(zip(norm.variables, np.isnan(ico).sum(axis=(0, 2)).tolist(), strict=True))
@@ -92,8 +99,8 @@ def write_prediction(
     dims = (time_dim, inputs.lat_dim, inputs.lon_dim)
     mask = ico_to_latlon(labels.astype(np.int8), inputs.lat, inputs.lon, method="nearest")
     out = xr.Dataset(coords=inputs.coords.coords)
-    out["LABELS"] = xr.DataArray(mask, dims=dims)
-    out["LABELS"].attrs = {
+    out[LABEL_VARIABLE] = xr.DataArray(mask, dims=dims)
+    out[LABEL_VARIABLE].attrs = {
         "long_name": "Predicted labels: 0 = background, 1 = tropical cyclone, 2 = atmospheric river",
         "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8),
         "flag_meanings": " ".join(CLASS_NAMES),
@@ -107,7 +114,6 @@ def write_prediction(
         }
     out.attrs = {"title": "icolightning predictions", "source_file": str(inputs.path)}
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    out.to_netcdf(tmp, engine="netcdf4")
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        out.to_netcdf(tmp, engine="netcdf4")
     return out_path

@@ -222,10 +222,6 @@ class LatLonGrid:
         return cls(lat, lon, lat_order, lon_order, lat_sorted, lon_sorted, periodic)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.lat.size, self.lon.size
-
-    @property
     def num_points(self) -> int:
         return self.lat.size * self.lon.size
 
@@ -419,6 +415,25 @@ def regrid_matrix(lat: np.ndarray, lon: np.ndarray, level: int, method: Method, 
     while len(_MATRICES) > _CACHE_SIZE:
         _MATRICES.popitem(last=False)
     return matrix
+
+
+def regrid_fingerprint() -> str:
+    """A hash of the matrices of a small fixed case: both methods, both directions, level 1.
+
+    It changes whenever the regridding algorithm changes what it computes, which is what the
+    cache version (`datamodules.cache.CACHE_VERSION`) must follow. Weights are rounded to 10
+    decimals so that the last bits of floating-point arithmetic do not count.
+    """
+    lat = np.linspace(-85.0, 87.5, 9)[::-1]
+    lon = np.arange(-180.0, 180.0, 30.0) + 7.5
+    digest = hashlib.sha1()
+    for to_ico in (True, False):
+        for method in METHODS:
+            matrix = regrid_matrix(lat, lon, 1, method, to_ico=to_ico)
+            for array in (matrix.indptr, matrix.indices):
+                digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+            digest.update(np.round(matrix.weights, 10).astype(np.float64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def latlon_to_ico(

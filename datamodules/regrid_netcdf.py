@@ -2,9 +2,11 @@
 
 Every selected variable with both grid dimensions becomes (..., vertex); its other dimensions
 (time, levels, ...) and attributes are kept, variables without grid dimensions are copied, and
-per-vertex `lat`/`lon` coordinates are added. Integer variables (labels, masks) always use
-nearest neighbour so they stay integers. Work proceeds one time step at a time, so files
-larger than memory are fine.
+per-vertex `lat`/`lon` coordinates are added. Variables stored as integers on disk (labels,
+masks) always use nearest neighbour and are written back with their on-disk dtype and
+_FillValue, even when a _FillValue made xarray decode them to float; packed integers
+(scale_factor/add_offset) are continuous fields and are interpolated like floats. Work
+proceeds one time step at a time, so files larger than memory are fine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from datamodules.netcdf_io import DataFileError, find_latlon_dims, find_time_dim, open_netcdf
+from datamodules.atomic import atomic_path
+from datamodules.netcdf_io import (
+    DataFileError,
+    find_latlon_dims,
+    find_time_dim,
+    missing_variables_error,
+    open_netcdf,
+)
 from datamodules.regrid import METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
@@ -27,13 +36,24 @@ def _select(ds: xr.Dataset, grid_dims: tuple[str, str], variables: Sequence[str]
         if not gridded:
             raise DataFileError(path, f"no variable has both grid dimensions {grid_dims}")
         return gridded
+    missing = [name for name in variables if name not in ds.data_vars]
+    if missing:
+        raise missing_variables_error(path, ds, missing)
     for name in variables:
-        if name not in ds.data_vars:
-            available = ", ".join(sorted(map(str, ds.data_vars)))
-            raise DataFileError(path, f"not in the file; it has the variables: {available}", name)
         if name not in gridded:
             raise DataFileError(path, f"has dims {ds[name].dims}, not both grid dimensions {grid_dims}", name)
     return list(variables)
+
+
+def stored_integer_dtype(var: xr.DataArray) -> np.dtype | None:
+    """The on-disk integer dtype of a categorical variable (labels, masks), else None.
+
+    xarray decodes integers with a _FillValue to float, so the decoded dtype does not tell;
+    packed integers (scale_factor/add_offset) hold continuous values and are not categorical.
+    """
+    dtype = np.dtype(var.encoding.get("dtype", var.dtype))
+    packed = any(key in var.encoding or key in var.attrs for key in ("scale_factor", "add_offset"))
+    return dtype if np.issubdtype(dtype, np.integer) and not packed else None
 
 
 def _vertex_coords(level: int) -> dict[str, xr.DataArray]:
@@ -66,6 +86,7 @@ def regrid_netcdf(
         lead = {name: [d for d in ds[name].dims if d not in grid_dims] for name in names}
         steps_dim = find_time_dim(ds, grid_dims) or next((dims[0] for dims in lead.values() if dims), None)
         steps = ds.sizes[steps_dim] if steps_dim else 1
+        integer = {name: stored_integer_dtype(ds[name]) for name in names}
         results = {name: np.empty((*[ds.sizes[d] for d in lead[name]], n), ds[name].dtype) for name in names}
         for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
             for name in names:
@@ -75,7 +96,7 @@ def regrid_netcdf(
                 elif t > 0:
                     continue
                 values = var.transpose(..., *grid_dims).values
-                use = "nearest" if not np.issubdtype(values.dtype, np.floating) else method
+                use = "nearest" if integer[name] is not None or not np.issubdtype(values.dtype, np.floating) else method
                 try:
                     out = latlon_to_ico(values, lat, lon, level, use)
                 except ValueError as exc:
@@ -88,6 +109,13 @@ def regrid_netcdf(
         data_vars = {
             name: xr.DataArray(results[name], dims=(*lead[name], "vertex"), attrs=ds[name].attrs) for name in names
         }
+        for name, dtype in integer.items():
+            if dtype is not None:
+                encoding = {"dtype": dtype}
+                for key in ("_FillValue", "missing_value"):
+                    if ds[name].encoding.get(key) is not None:
+                        encoding[key] = ds[name].encoding[key]
+                data_vars[name].encoding = encoding
         keep = {str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)}
         other_coords = {str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims}
         out = xr.Dataset({**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
@@ -95,7 +123,6 @@ def regrid_netcdf(
         out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
         out.attrs["icosahedral_level"] = int(level)
         out.load()
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    out.to_netcdf(tmp, engine="netcdf4")
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        out.to_netcdf(tmp, engine="netcdf4")
     return out_path

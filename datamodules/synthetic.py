@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,26 +28,9 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-VARIABLES: dict[str, tuple[str, str]] = {
-    "TMQ": ("kg m-2", "Total (vertically integrated) precipitable water"),
-    "U850": ("m/s", "Zonal wind at 850 mbar pressure surface"),
-    "V850": ("m/s", "Meridional wind at 850 mbar pressure surface"),
-    "UBOT": ("m/s", "Lowest model level zonal wind"),
-    "VBOT": ("m/s", "Lowest model level meridional wind"),
-    "QREFHT": ("kg/kg", "Reference height humidity"),
-    "PS": ("Pa", "Surface pressure"),
-    "PSL": ("Pa", "Sea level pressure"),
-    "T200": ("K", "Temperature at 200 mbar pressure surface"),
-    "T500": ("K", "Temperature at 500 mbar pressure surface"),
-    "PRECT": ("m/s", "Total (convective and large-scale) precipitation rate (liq + ice)"),
-    "TS": ("K", "Surface temperature (radiative)"),
-    "TREFHT": ("K", "Reference height temperature"),
-    "Z1000": ("m", "Geopotential Z at 1000 mbar pressure surface"),
-    "Z200": ("m", "Geopotential Z at 200 mbar pressure surface"),
-    "ZBOT": ("m", "Lowest model level height"),
-}
-LABEL_VARIABLE = "LABELS"
-CLASS_NAMES = ("background", "tropical_cyclone", "atmospheric_river")
+from datamodules.atomic import atomic_path
+from datamodules.layout import CLASS_NAMES, LABEL_VARIABLE, VARIABLES
+
 TRAIN_START = dt.date(1996, 1, 1)
 TEST_START = dt.date(2011, 1, 1)
 TRAIN_DAYS, TEST_DAYS = 15 * 365, 3 * 365
@@ -335,8 +317,7 @@ def write_sample(
     """Write one ClimateNet-layout file atomically (temporary name, then rename)."""
     nlat, nlon = labels.shape
     lat, lon = grid_coords(nlat, nlon)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
         ds.title = "Synthetic ClimateNet-layout data (not real model output)"
         ds.source = "icolightning synthetic generator (datamodules/synthetic.py), not climate model output"
         ds.synthetic = "true"
@@ -370,10 +351,9 @@ def write_sample(
             var[0] = fields[name]
         var = ds.createVariable(LABEL_VARIABLE, "i8", ("lat", "lon"))
         var.long_name = "Segmentation labels: 0 = background, 1 = tropical cyclone, 2 = atmospheric river"
-        var.flag_values = np.array([0, 1, 2], dtype=np.int64)
+        var.flag_values = np.arange(len(CLASS_NAMES), dtype=np.int64)
         var.flag_meanings = " ".join(CLASS_NAMES)
         var[:] = labels
-    os.replace(tmp, path)
 
 
 def _plan(n_train: int, n_test: int) -> Iterator[tuple[str, int, dt.date]]:

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from datamodules import ClimateDataModule
 from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache, entry_path
-from datamodules.climate import ALL16, CLIMATENET4
+from datamodules.climate import ALL16, CLIMATENET4, samples_by_time, split_validation
 from datamodules.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
@@ -111,6 +112,41 @@ def test_statistics_restore_from_a_checkpoint_without_train_data(data_dir, tmp_p
     other = make_dm(only_test, tmp_path / "cache2", variables="all16")
     with pytest.raises(ValueError, match="normalisation is for variables"):
         other.load_state_dict(state)
+
+
+def test_restored_statistics_reach_datasets_built_before_the_restore(data_dir, tmp_path) -> None:
+    """Lightning calls setup() before load_state_dict() on fit(ckpt_path=...) and test(ckpt_path=...)."""
+    dm = make_dm(data_dir, tmp_path / "cache", val_fraction=0.3)
+    dm.prepare_data()
+    dm.setup()
+    state = dm.state_dict()["normalization"]
+    state = {**state, "mean": [m + 1.0 for m in state["mean"]], "std": [2.0 * s for s in state["std"]]}
+    dm.load_state_dict({"normalization": state})
+    mean, std = (np.asarray(state[k], np.float32)[:, None] for k in ("mean", "std"))
+    for dataset in (dm.train_set, dm.val_set, dm.test_set):
+        e, t = dataset.samples[0]
+        expected = (np.asarray(dataset.entries[e].fields()[t]) - mean) / std
+        np.testing.assert_allclose(dataset[0][0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_validation_split_that_would_be_empty_is_refused(tmp_path) -> None:
+    generate_dataset(tmp_path / "data", n_train=1, n_test=1, nlat=24, nlon=48, seed=0)
+    with pytest.raises(ValueError, match=r"val_fraction=0.1 of 1 training sample.*validation split empty"):
+        make_dm(tmp_path / "data", tmp_path / "cache", val_fraction=0.1).setup("fit")
+    dm = make_dm(tmp_path / "data", tmp_path / "cache", val_fraction=0.0)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (1, 0)
+
+
+def test_undated_samples_come_after_dated_ones_in_file_name_order() -> None:
+    def entry(name: str, times: list) -> SimpleNamespace:
+        return SimpleNamespace(meta={"source": f"/data/{name}", "times": times})
+
+    entries = [entry("b.nc", [None]), entry("a.nc", [None, None]), entry("z.nc", ["2001-01-02T00:00:00"])]
+    entries.append(entry("y.nc", ["2001-01-01T00:00:00"]))
+    ordered = samples_by_time(entries)
+    assert ordered == [(3, 0), (2, 0), (1, 0), (1, 1), (0, 0)]
+    assert split_validation(ordered, 0.4)[1] == [(1, 1), (0, 0)]
 
 
 def test_cache_is_reused_and_keyed_by_content(data_dir, tmp_path) -> None:

@@ -12,8 +12,11 @@ import torch
 import xarray as xr
 
 from datamodules import ClimateDataModule
-from datamodules.climate import EmptySplitError
-from datamodules.netcdf_io import DataFileError
+from datamodules.climate import CLIMATENET4, EmptySplitError
+from datamodules.netcdf_io import DataFileError, LatLonFile
+from datamodules.normalization import Normalization
+from datamodules.predict import load_for_prediction
+from datamodules.regrid_netcdf import regrid_netcdf
 from datamodules.synthetic import file_name, grid_coords, make_sample
 from icolightning.grid import IcoGrid
 
@@ -149,7 +152,7 @@ def test_files_on_different_grids_are_each_regridded(tmp_path) -> None:
     n = IcoGrid(LEVEL).num_vertices
     items = [dm.train_set[i] for i in range(len(dm.train_set))]
     assert len(items) == 4 and all(x.shape == (4, n) and torch.isfinite(x).all() for x, _ in items)
-    plain = make_dm(tmp_path / "plain")
+    plain = make_dm(tmp_path / "plain", val_fraction=0.0)
     write_file(tmp_path / "plain" / "train", day=11)
     plain.setup("fit")
     x_plain = plain.train_set[0][0]
@@ -219,3 +222,106 @@ def test_vertices_without_any_valid_source_get_the_training_mean(tmp_path) -> No
     x = dm.train_set[index][0]
     assert np.isnan(raw).sum() > 3
     assert (x[0][torch.from_numpy(np.isnan(raw))] == 0).all()
+
+
+def _one_inf(ds: xr.Dataset) -> xr.Dataset:
+    tmq = ds["TMQ"].values.copy()
+    tmq[0, 5, 7] = np.inf
+    ds["TMQ"] = (("time", "lat", "lon"), tmq)
+    return ds
+
+
+def test_infinite_values_are_missing_values_not_an_infinite_mean(tmp_path) -> None:
+    root = layout(tmp_path)
+    bad = write_file(root / "train", day=90, edit=_one_inf)
+    dm = make_dm(root, val_fraction=0.0)
+    with pytest.warns(RuntimeWarning, match=rf"{bad}: variable 'TMQ' has 1 missing or non-finite"):
+        dm.prepare_data()
+    dm.setup("fit")
+    assert np.isfinite(dm.normalization.mean).all() and np.isfinite(dm.normalization.std).all()
+    tmq = torch.stack([dm.train_set[i][0][0] for i in range(len(dm.train_set))])
+    assert torch.isfinite(tmq).all() and tmq.std() == pytest.approx(1.0, abs=1e-3)
+    strict = make_dm(root, nan_policy="raise", cache_dir=tmp_path / "strict")
+    with pytest.raises(DataFileError, match=r"variable 'TMQ'.*1 missing or non-finite") as info:
+        strict.prepare_data()
+    assert str(bad) in str(info.value)
+
+
+def test_statistics_that_are_not_finite_name_the_variable() -> None:
+    ones = np.ones((2, 2))
+    mean = np.array([[1.0, np.inf], [2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"statistics of \['PSL'\] are not finite"):
+        Normalization.from_partials(("TMQ", "PSL"), ones, mean, ones, np.ones((2, 3)), LEVEL, "bilinear")
+
+
+def _repeated_latitude(ds: xr.Dataset) -> xr.Dataset:
+    lat = ds["lat"].values.copy()
+    lat[5] = lat[4]
+    return ds.assign_coords(lat=lat)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_repeated_latitude, "strictly monotonic"),
+        (lambda ds: ds.assign_coords(lat=ds["lat"] * 1.2), r"\[-90, 90\]"),
+        (lambda ds: ds.isel(lat=slice(3, 4)), "at least 2 latitudes"),
+    ],
+    ids=["repeated", "beyond-pole", "one-row"],
+)
+def test_grids_that_cannot_be_regridded_name_the_file(tmp_path, edit, message) -> None:
+    root = layout(tmp_path, n_train=1, n_test=0)
+    bad = write_file(root / "train", day=30, edit=edit)
+    with pytest.raises(DataFileError, match=rf"{bad}: variable 'TMQ': cannot be regridded: .*{message}"):
+        make_dm(root, val_fraction=0.0).prepare_data()
+    norm = Normalization(CLIMATENET4, (0.0,) * 4, (1.0,) * 4, (1.0, 0.0, 0.0), 1, LEVEL, "bilinear")
+    with pytest.raises(DataFileError, match=message) as info:
+        load_for_prediction(bad, norm)
+    assert info.value.path == bad
+
+
+def _rotated_pole(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.rename({"lat": "rlat", "lon": "rlon"})
+    ds["rlat"].attrs = {"standard_name": "grid_latitude", "units": "degrees", "axis": "Y"}
+    ds["rlon"].attrs = {"standard_name": "grid_longitude", "units": "degrees", "axis": "X"}
+    return ds
+
+
+def _projected(standard_names: bool):
+    def edit(ds: xr.Dataset) -> xr.Dataset:
+        ds = ds.rename({"lat": "y", "lon": "x"})
+        for dim, axis in (("y", "Y"), ("x", "X")):
+            ds[dim].attrs = {"axis": axis, "units": "km"}
+            if standard_names:
+                ds[dim].attrs["standard_name"] = f"projection_{dim}_coordinate"
+        return ds
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_rotated_pole, "standard_name 'grid_latitude': a rotated-pole grid"),
+        (_projected(True), "standard_name 'projection_y_coordinate': a projected grid"),
+        (_projected(False), "axis 'Y' but units 'km', not degrees: a projected grid"),
+    ],
+    ids=["rotated-pole", "projected", "projected-axis-only"],
+)
+def test_rotated_pole_and_projected_grids_are_refused(tmp_path, edit, message) -> None:
+    bad = write_file(tmp_path / "bad.nc", edit=edit)
+    with pytest.raises(DataFileError, match=message) as info:
+        LatLonFile(bad, CLIMATENET4, "LABELS")
+    assert info.value.path == bad and "latitude-longitude" in str(info.value)
+    with pytest.raises(DataFileError, match=message):
+        regrid_netcdf(bad, tmp_path / "out.nc", LEVEL, progress=False)
+
+
+def test_an_x_y_axis_in_degrees_is_still_a_latitude_longitude_grid(tmp_path) -> None:
+    def axes_only(ds: xr.Dataset) -> xr.Dataset:
+        ds = ds.rename({"lat": "y", "lon": "x"})
+        ds["y"].attrs, ds["x"].attrs = {"axis": "Y", "units": "degrees_north"}, {"axis": "X", "units": "degree"}
+        return ds
+
+    with LatLonFile(write_file(tmp_path / "ok.nc", edit=axes_only), CLIMATENET4) as data:
+        assert (data.lat_dim, data.lon_dim) == ("y", "x")

@@ -11,6 +11,7 @@ from datamodules import ClimateDataModule
 from datamodules.normalization import Normalization
 from datamodules.predict import load_for_prediction, write_prediction
 from datamodules.regrid import ico_to_latlon, latlon_to_ico
+from datamodules.regrid_netcdf import regrid_netcdf
 from datamodules.synthetic import generate_dataset
 from icolightning.cli.regrid import main as regrid_main
 from icolightning.grid import IcoGrid
@@ -94,6 +95,30 @@ def test_regrid_tool_keeps_dims_attributes_and_labels(trained, tmp_path, capsys)
         np.testing.assert_allclose(out["TMQ"].values, expected, rtol=1e-6)
         assert set(out.data_vars) == {"TMQ", "PSL", "LABELS"}
         np.testing.assert_array_equal(out.time.values, src.time.values)
+
+
+def test_regrid_tool_keeps_integer_labels_with_a_fill_value(trained, tmp_path) -> None:
+    """xarray decodes integers with a _FillValue to float; they must still be regridded as labels."""
+    root, _ = trained
+    with xr.open_dataset(sorted((root / "train").glob("*.nc"))[0]) as ds:
+        ds = ds[["TMQ", "LABELS"]].load()
+    labels = ds["LABELS"].values.astype(np.float64)
+    labels[10:20, 20:40] = np.nan
+    ds["LABELS"] = (("lat", "lon"), labels)
+    ds["LABELS"].encoding = {"dtype": np.dtype("int16"), "_FillValue": np.int16(-1)}
+    ds["TMQ"].encoding = {"dtype": np.dtype("int16"), "scale_factor": 0.01, "_FillValue": np.int16(-32768)}
+    source = tmp_path / "filled.nc"
+    ds.to_netcdf(source)
+    regrid_netcdf(source, tmp_path / "ico.nc", 3, method="bilinear", progress=False)
+    with xr.open_dataset(source) as src, xr.open_dataset(tmp_path / "ico.nc", mask_and_scale=False) as raw:
+        assert raw["LABELS"].dtype == np.int16 and raw["LABELS"].attrs["_FillValue"] == -1
+        assert set(np.unique(raw["LABELS"].values)) == {-1, 0, 1, 2}
+        expected = latlon_to_ico(src["LABELS"].values, src.lat.values, src.lon.values, 3, "nearest")
+        decoded = np.where(raw["LABELS"].values == -1, np.nan, raw["LABELS"].values)
+        np.testing.assert_array_equal(decoded, expected)
+        tmq = latlon_to_ico(src["TMQ"].values, src.lat.values, src.lon.values, 3, "bilinear")
+        with xr.open_dataset(tmp_path / "ico.nc") as out:
+            np.testing.assert_allclose(out["TMQ"].values, tmq, rtol=1e-6)
 
 
 def test_regrid_tool_errors_are_clear(trained, tmp_path, capsys) -> None:

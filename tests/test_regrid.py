@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from datamodules.regrid import ico_to_latlon, latlon_to_ico, latlon_xyz, level_of, regrid_matrix
+from datamodules.cache import CACHE_VERSION, REGRID_FINGERPRINTS
+from datamodules.regrid import (
+    clear_matrix_cache,
+    ico_to_latlon,
+    latlon_to_ico,
+    latlon_xyz,
+    level_of,
+    regrid_fingerprint,
+    regrid_matrix,
+)
 from icolightning.grid import IcoGrid
 
 
@@ -279,3 +288,33 @@ def test_real_polar_cap_with_a_pole_row_and_negative_longitudes() -> None:
     inside = (vlat >= 20) & ((vlon <= 40) | (vlon >= 280))
     assert np.isfinite(out[..., inside]).all() and np.isnan(out[..., ~inside & (vlat < 89)]).all()
     assert np.nanmin(out) >= z.min() - 1e-9 and np.nanmax(out) <= z.max() + 1e-9
+
+
+def test_cache_version_follows_the_regridding() -> None:
+    """Changing what regridding computes must bump the cache version, or old caches are reused."""
+    fingerprint = regrid_fingerprint()
+    pinned = REGRID_FINGERPRINTS.get(CACHE_VERSION)
+    assert fingerprint == pinned, (
+        f"the regridding changed (fingerprint {fingerprint}, pinned {pinned} for CACHE_VERSION {CACHE_VERSION}): "
+        f"bump CACHE_VERSION in datamodules/cache.py and add the new fingerprint to REGRID_FINGERPRINTS"
+    )
+    assert max(REGRID_FINGERPRINTS) == CACHE_VERSION
+    assert len(set(REGRID_FINGERPRINTS.values())) == len(REGRID_FINGERPRINTS)
+
+
+def test_the_fingerprint_sees_a_change_of_the_weights(monkeypatch) -> None:
+    import datamodules.regrid as regrid
+
+    original = regrid._bilinear_to_points
+
+    def skewed(grid, tlat, tlon):
+        matrix = original(grid, tlat, tlon)
+        weights = matrix.weights * (1 + 1e-6)
+        return regrid.RegridMatrix(matrix.indptr, matrix.indices, weights, matrix.num_sources, False)
+
+    clear_matrix_cache()
+    monkeypatch.setattr(regrid, "_bilinear_to_points", skewed)
+    try:
+        assert regrid_fingerprint() != REGRID_FINGERPRINTS[CACHE_VERSION]
+    finally:
+        clear_matrix_cache()
