@@ -6,7 +6,8 @@ caps beyond the last row (Gaussian and cell-centred grids) are interpolated too.
 nearest source point in 3-D, which is exact at the poles and across the date line.
 
 A matrix depends only on the two grids, so it is built once per (grid, level, method) and
-applied by a gather over its non-zeros: regridding touches O(nnz) values, not the whole field.
+applied as a sparse matrix-vector product (scipy CSR, in the field's precision, one field at a
+time): regridding touches O(nnz) values, not the whole field.
 Any CF ordering is accepted (ascending or descending latitude, longitudes in [0, 360) or
 [-180, 180), a repeated cyclic column); the matrix indexes the caller's array as given.
 """
@@ -38,85 +39,6 @@ def latlon_xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
 
 
-_NARROW = 4
-"""Rows with at most this many weights (all bilinear and barycentric rows) use fixed-width sums."""
-
-
-def _sum_narrow(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return np.einsum("kt,kt->t", values, weights)
-
-
-def _combine(values: np.ndarray, weights: np.ndarray, reduce, skipna: bool) -> np.ndarray:
-    """reduce(values, weights), or with skipna the NaN-free weighted mean of each target."""
-    missing = np.isnan(values)
-    if not (skipna and missing.any()):
-        return reduce(values, weights)
-    sums = reduce(np.where(missing, 0, values), weights)
-    totals = reduce((~missing).astype(values.dtype), weights)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, sums / totals, np.nan).astype(values.dtype, copy=False)
-
-
-@dataclass(frozen=True)
-class _ApplyPlan:
-    """A CSR matrix arranged for speed, one source row at a time.
-
-    The needed source values are gathered once in ascending memory order (prefetch friendly;
-    this gather is most of the cost), then rows with up to 4 weights are summed as a dense
-    [4, rows] einsum and the few wide rows (polar caps averaging a whole ring) by reduceat.
-    Padding repeats a real source of the row with weight 0, so NaN propagation is unchanged.
-    """
-
-    num_targets: int
-    sources: np.ndarray
-    narrow_rows: np.ndarray
-    narrow_pos: np.ndarray
-    narrow_w: np.ndarray
-    wide_rows: np.ndarray
-    wide_pos: np.ndarray
-    wide_w: np.ndarray
-    wide_starts: np.ndarray
-
-    @classmethod
-    def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> _ApplyPlan:
-        sources, position = np.unique(indices, return_inverse=True)
-        counts = np.diff(indptr)
-        narrow = np.flatnonzero((counts > 0) & (counts <= _NARROW))
-        slot = np.arange(_NARROW)[:, None]
-        real = slot < counts[narrow][None, :]
-        entry = indptr[narrow][None, :] + np.where(real, slot, 0)
-        wide = np.flatnonzero(counts > _NARROW)
-        wide_entries = [np.arange(indptr[r], indptr[r + 1]) for r in wide]
-        wide_entries = np.concatenate(wide_entries) if wide.size else np.zeros(0, np.int64)
-        return cls(
-            num_targets=len(indptr) - 1,
-            sources=sources,
-            narrow_rows=narrow,
-            narrow_pos=position[entry],
-            narrow_w=np.where(real, weights[entry], 0.0),
-            wide_rows=wide,
-            wide_pos=position[wide_entries],
-            wide_w=weights[wide_entries],
-            wide_starts=np.concatenate([[0], np.cumsum(counts[wide])[:-1]]).astype(np.int64),
-        )
-
-    def apply(self, flat: np.ndarray, skipna: bool) -> np.ndarray:
-        """[B, num_sources] float -> [B, num_targets]; rows without weights are NaN."""
-        dtype = flat.dtype
-        narrow_w, wide_w = self.narrow_w.astype(dtype), self.wide_w.astype(dtype)
-
-        def sum_wide(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-            return np.add.reduceat(values * weights, self.wide_starts)
-
-        out = np.full((flat.shape[0], self.num_targets), np.nan, dtype=dtype)
-        for row, values in zip(out, flat, strict=True):
-            gathered = np.take(values, self.sources)
-            row[self.narrow_rows] = _combine(np.take(gathered, self.narrow_pos), narrow_w, _sum_narrow, skipna)
-            if self.wide_rows.size:
-                row[self.wide_rows] = _combine(np.take(gathered, self.wide_pos), wide_w, sum_wide, skipna)
-        return out
-
-
 @dataclass(frozen=True)
 class RegridMatrix:
     """Sparse weights in CSR form: out[..., i] = sum over row i of weights * values[..., indices].
@@ -136,7 +58,7 @@ class RegridMatrix:
     def num_targets(self) -> int:
         return len(self.indptr) - 1
 
-    @property
+    @functools.cached_property
     def covered(self) -> np.ndarray:
         """[num_targets] bool: the target lies inside the source grid."""
         return np.diff(self.indptr) > 0
@@ -159,11 +81,60 @@ class RegridMatrix:
         if self.selection:
             return self._gather(flat).reshape(*lead, self.num_targets)
         dtype = flat.dtype if np.issubdtype(flat.dtype, np.floating) else np.float64
-        return self._plan.apply(flat.astype(dtype, copy=False), skipna).reshape(*lead, self.num_targets)
+        return self._product(flat.astype(dtype, copy=False), skipna).reshape(*lead, self.num_targets)
 
     @functools.cached_property
-    def _plan(self) -> _ApplyPlan:
-        return _ApplyPlan.from_csr(self.indptr, self.indices, self.weights)
+    def _csr32(self) -> scipy.sparse.csr_matrix:
+        return self._csr(np.float32)
+
+    @functools.cached_property
+    def _csr64(self) -> scipy.sparse.csr_matrix:
+        return self._csr(np.float64)
+
+    def _csr(self, dtype: type[np.floating]) -> scipy.sparse.csr_matrix:
+        """The weights in the field's precision with 32-bit indices (half the index traffic)."""
+        index = np.int32 if max(self.num_sources, self.indices.size) < 2**31 else np.int64
+        shape = (self.num_targets, self.num_sources)
+        data = (self.weights.astype(dtype), self.indices.astype(index), self.indptr.astype(index))
+        return scipy.sparse.csr_matrix(data, shape=shape)
+
+    def _product(self, flat: np.ndarray, skipna: bool) -> np.ndarray:
+        """[B, num_sources] float -> [B, num_targets], one matrix-vector product per row.
+
+        A NaN source makes the targets that use it NaN; with skipna those targets are redone as
+        the weighted mean of their valid sources (NaN only when none is valid). Rows of the
+        matrix without weights (targets outside the grid) are NaN.
+        """
+        csr = self._csr32 if flat.dtype == np.float32 else self._csr64
+        if csr.dtype != flat.dtype:
+            csr = self._csr(flat.dtype.type)
+        out = np.empty((flat.shape[0], self.num_targets), dtype=flat.dtype)
+        for row, values in zip(out, flat, strict=True):
+            row[:] = csr @ values
+            if skipna and np.isnan(row.sum()):
+                bad = np.flatnonzero(np.isnan(row))
+                row[bad] = self._mean_of_valid(csr, values, bad)
+        covered = self.covered
+        if not covered.all():
+            out[:, ~covered] = np.nan
+        return out
+
+    @staticmethod
+    def _mean_of_valid(csr: scipy.sparse.csr_matrix, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Weighted mean of the non-NaN sources of each of `rows` (NaN where none is valid).
+
+        Touches only the entries of those rows, so a few missing values cost little.
+        """
+        indptr = csr.indptr
+        counts = indptr[rows + 1] - indptr[rows]
+        segments = np.cumsum(counts) - counts
+        entries = np.arange(counts.sum()) + np.repeat(indptr[rows] - segments, counts)
+        picked, weights = values[csr.indices[entries]], csr.data[entries]
+        valid = ~np.isnan(picked)
+        sums = np.add.reduceat(np.where(valid, picked * weights, 0), segments)
+        totals = np.add.reduceat(np.where(valid, weights, 0), segments)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(totals > 0, sums / totals, np.nan)
 
     def _gather(self, flat: np.ndarray) -> np.ndarray:
         covered = self.covered

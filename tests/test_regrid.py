@@ -153,6 +153,22 @@ def test_nan_sources_are_skipped_or_propagated_on_request() -> None:
     assert np.abs(skipped[filled] - smooth_field(ico.xyz)[filled]).max() < 0.5
 
 
+def test_skipped_nan_gives_the_weighted_mean_of_the_valid_sources_in_every_row() -> None:
+    """Checked against the dense matrix, polar caps (rows averaging a whole ring) included."""
+    lat, lon = centred_grid(12, 24)
+    values = np.stack([sample(lat, lon), sample(lat, lon) + 1.0]).astype(np.float32)
+    values[1, 0, :20] = np.nan
+    values[1, 5:7, 3:9] = np.nan
+    dense = regrid_matrix(lat, lon, 2, "bilinear").to_scipy().toarray()
+    flat = values.reshape(2, -1)
+    valid = ~np.isnan(flat)
+    with np.errstate(invalid="ignore"):
+        expected = (np.where(valid, flat, 0) @ dense.T) / (valid @ dense.T)
+    out = latlon_to_ico(values, lat, lon, 2)
+    assert out.dtype == np.float32 and np.isnan(out[0]).sum() == 0 and np.isnan(out[1]).sum() > 0
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=2e-6)
+
+
 def test_regional_grid_leaves_outside_targets_nan_and_refuses_integer_gaps() -> None:
     lat, lon = np.linspace(-30, 30, 31), np.linspace(-60, 60, 61)
     ico = IcoGrid(3)
