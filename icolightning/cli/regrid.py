@@ -14,8 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="icolightning-regrid",
         description="Regrid the lat-lon variables of a netCDF file onto icosahedral vertices (dimension "
-        "'vertex', per-vertex lat/lon). Other dimensions and attributes are kept; integer variables "
-        "(labels) always use nearest neighbour.",
+        "'vertex', per-vertex lat/lon). Other dimensions and attributes are kept; variables stored as "
+        "integers (labels, masks; also with a _FillValue) always use nearest neighbour and keep their dtype.",
     )
     parser.add_argument("input", help="lat-lon netCDF file (CF conventions)")
     parser.add_argument("output", help="icosahedral netCDF file to write")
