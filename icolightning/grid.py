@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -27,6 +28,8 @@ HEX_OFFSETS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (1, 0), (0, -1), (-1
 """(dh, dw) of the six hex neighbours, counter-clockwise from the frame direction."""
 
 MAX_LEVEL = 9
+ArrayLike = TypeVar("ArrayLike")
+"""A torch tensor or a numpy array: the layout helpers work on both and return the same kind."""
 
 
 def _icosahedron_corners() -> np.ndarray:
@@ -163,14 +166,20 @@ def _rotation_from_pairs(a0: np.ndarray, b0: np.ndarray, a1: np.ndarray, b1: np.
 class IcoGrid:
     """Icosahedral grid of a given level: geometry, chart atlas, gauge frames and symmetries.
 
-    Instances for the same level share one cached geometry, so constructing them is cheap.
+    There is one instance per level, so derived tables (rotations, areas) are computed once.
     """
 
-    def __init__(self, level: int) -> None:
+    _instances: dict[int, IcoGrid] = {}  # noqa: RUF012 - the per-level registry is class state
+
+    def __new__(cls, level: int) -> IcoGrid:
         if not isinstance(level, int | np.integer) or not 0 <= level <= MAX_LEVEL:
             raise ValueError(f"IcoGrid level must be an integer in [0, {MAX_LEVEL}], got {level!r}")
-        self.level = int(level)
-        self._g = _geometry(self.level)
+        if int(level) not in cls._instances:
+            grid = super().__new__(cls)
+            grid.level = int(level)
+            grid._g = _geometry(grid.level)
+            cls._instances[grid.level] = grid
+        return cls._instances[int(level)]
 
     def __repr__(self) -> str:
         return f"IcoGrid(level={self.level}, num_vertices={self.num_vertices})"
@@ -260,7 +269,7 @@ class IcoGrid:
         return sv.calculate_areas()
 
     # ---------------------------------------------------------------- layouts
-    def to_charts(self, x):
+    def to_charts(self, x: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
         """Vertex tensor [..., N] -> (charts [..., 5, H, W], poles [..., 2]); views, no copy."""
         h, w = self.chart_shape
         nc = self.num_chart_vertices
@@ -268,7 +277,7 @@ class IcoGrid:
             raise ValueError(f"expected last dim {self.num_vertices} (level {self.level}), got {tuple(x.shape)}")
         return x[..., :nc].reshape(*x.shape[:-1], NUM_CHARTS, h, w), x[..., nc:]
 
-    def to_vertices(self, charts, poles):
+    def to_vertices(self, charts: ArrayLike, poles: ArrayLike) -> ArrayLike:
         """(charts [..., 5, H, W], poles [..., 2]) -> vertex tensor [..., N]."""
         flat = charts.reshape(*charts.shape[:-3], self.num_chart_vertices)
         if isinstance(flat, np.ndarray):
@@ -287,7 +296,8 @@ class IcoGrid:
         """
         corner_xyz = _geometry(0).xyz
         ring0 = _geometry(0).ring
-        a0, b0 = corner_xyz[10], corner_xyz[ring0[10, 0]]
+        north = IcoGrid(0).pole_ids[0]
+        a0, b0 = corner_xyz[north], corner_xyz[ring0[north, 0]]
         mats = []
         for a in range(12):
             for b in ring0[a, :5]:
@@ -323,14 +333,12 @@ class IcoGrid:
         frame_nb = g.ring[np.arange(self.num_vertices), g.frame]
         shifts = np.zeros_like(perms)
         for k, perm in enumerate(perms):
-            target = perm
-            image_nb = perm[frame_nb]
-            slot = np.argmax(g.ring[target] == image_nb[:, None], axis=1)
-            shifts[k] = np.mod(slot - g.frame[target], ORIENTATIONS)
+            slot = np.argmax(g.ring[perm] == perm[frame_nb][:, None], axis=1)
+            shifts[k] = np.mod(slot - g.frame[perm], ORIENTATIONS)
         shifts[:, g.degree == 5] = 0
         return shifts
 
-    def rotate(self, x, g: int, regular: bool = False):
+    def rotate(self, x: ArrayLike, g: int, regular: bool = False) -> ArrayLike:
         """x∘g for a vertex tensor [..., N] (scalar) or [..., 6, N] (regular)."""
         perm = self.rotation_permutations[g]
         if not regular:

@@ -37,7 +37,7 @@ def test_conv_is_equivariant(level, in_rep, out_rep):
 
 
 @pytest.mark.parametrize("level", [1, 3])
-@pytest.mark.parametrize(("in_rep", "out_rep"), [("regular", "regular"), ("scalar", "regular")])
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
 def test_strided_conv_is_equivariant(level, in_rep, out_rep):
     conv = _conv(level, in_rep, out_rep, stride=2)
     x = _input(level, 3, conv.in_orientations)
@@ -157,7 +157,7 @@ def test_dropout_drops_whole_fields_and_is_identity_in_eval():
 
 @pytest.mark.parametrize(("level", "in_rep", "out_rep", "stride"),
                          [(0, "regular", "regular", 1), (1, "regular", "regular", 1), (1, "scalar", "regular", 2),
-                          (1, "regular", "scalar", 1)])
+                          (1, "regular", "scalar", 1), (2, "regular", "regular", 1), (3, "regular", "scalar", 2)])
 def test_gradcheck(level, in_rep, out_rep, stride):
     torch.manual_seed(0)
     conv = IcoConv(2, 2, level, in_rep, out_rep, stride=stride).double()
@@ -228,3 +228,48 @@ def test_index_buffers_follow_the_module_to_another_device():
     assert all(t.device.type == "meta" for t in (*conv.buffers(), *conv.parameters()))
     out = conv(IcoSignal.from_vertices(torch.empty(1, 2, 6, IcoGrid(2).num_vertices, device="meta")))
     assert out.charts.device.type == "meta" and out.charts.shape == (1, 3, 6, 5, 4, 8)
+
+
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
+def test_initialisation_keeps_the_output_variance_of_he_init(in_rep, out_rep):
+    torch.manual_seed(0)
+    conv = IcoConv(64, 64, 3, in_rep, out_rep)
+    x = torch.randn(4, 64, conv.in_orientations, IcoGrid(3).num_vertices)
+    with torch.no_grad():
+        y = signal_fn(conv)(x)
+    assert 1.6 < y.var().item() < 2.4
+
+
+def test_scalar_output_kernel_is_exactly_the_orientation_mean_in_float64():
+    conv = IcoConv(2, 3, 1, "regular", "scalar").double()
+    regular = IcoConv(2, 3, 1, "regular", "regular").double()
+    regular.weight.data.copy_(conv.weight.data)
+    mean = regular.dense_kernel().view(3, 6, 12, 3, 3).mean(1)
+    assert torch.equal(conv.dense_kernel(), mean) or (conv.dense_kernel() - mean).abs().max() < 1e-16
+
+
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
+def test_mixed_precision_autocast_forward_and_backward(in_rep, out_rep):
+    conv = IcoConv(3, 4, 2, in_rep, out_rep)
+    x = torch.randn(2, 3, conv.in_orientations, IcoGrid(2).num_vertices, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = signal_fn(conv)(x)
+    y.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.parametrize(("in_rep", "out_rep"), [("regular", "scalar"), ("scalar", "scalar")])
+def test_inductor_compiled_conv_matches_eager(in_rep, out_rep):
+    """Inductor once got the corner values of scalar outputs wrong (only with parallel loops)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        conv = _conv(2, in_rep, out_rep).float()
+        x = _input(2, 3, conv.in_orientations).float()
+        eager = signal_fn(conv)(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(signal_fn(conv), backend="inductor", dynamic=False)(x)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

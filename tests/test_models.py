@@ -126,3 +126,15 @@ def test_bad_configurations_are_refused():
         IcoUNet(2, 3, level=2, variant="X2Y")
     with pytest.raises(ValueError, match="vertex tensors"):
         IcoClassifier(2, 3, level=2, widths=(4, 4))(torch.randn(2, 2, 6, 162))
+
+
+def test_models_train_under_bfloat16_autocast():
+    """What trainer.precision=bf16-mixed does: autocast around forward, float32 weights."""
+    grid = IcoGrid(2)
+    x = torch.randn(2, 2, grid.num_vertices)
+    for model in (IcoUNet(2, 3, 2, widths=(4, 4)), IcoClassifier(2, 4, 2, widths=(4, 4))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().logsumexp(1).mean().backward()
+        assert torch.isfinite(out.float()).all()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from icolightning.nn import IcoConv, IcoSignal
@@ -76,7 +77,19 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-def as_input_signal(x, in_rep: str) -> IcoSignal:
+def encoder_stages(in_channels: int, widths: list[int], level: int, in_rep: str, rep: str, downsample: str,
+                   norm: str, dropout: float) -> nn.ModuleList:
+    """Stage i: (downsample to level - i, unless i = 0) then a ConvBlock to widths[i] channels."""
+    stages = nn.ModuleList()
+    for i, width in enumerate(widths):
+        stage = [] if i == 0 else [Downsample(widths[i - 1], level - i + 1, rep, downsample)]
+        stage.append(ConvBlock(in_channels if i == 0 else widths[i - 1], width, level - i,
+                               in_rep if i == 0 else rep, rep, norm, dropout))
+        stages.append(nn.Sequential(*stage))
+    return stages
+
+
+def as_input_signal(x: torch.Tensor, in_rep: str) -> IcoSignal:
     """Vertex tensor [B, C, N] -> signal; R2R models see each channel copied to 6 orientations."""
     if x.dim() != 3:
         raise ValueError(f"models take vertex tensors [B, C, N], got shape {tuple(x.shape)}")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from icolightning.models.blocks import ConvBlock, Downsample, as_input_signal, check_levels, check_variant
+from icolightning.models.blocks import as_input_signal, check_levels, check_variant, encoder_stages
 from icolightning.nn.pooling import OrientationPool
 
 
@@ -36,12 +36,7 @@ class IcoClassifier(nn.Module):
         check_levels(level, len(widths), "IcoClassifier")
         self.in_rep, rep = check_variant(variant)
         self.level, self.variant, self.num_classes = level, variant, num_classes
-        self.stages = nn.ModuleList()
-        for i, width in enumerate(widths):
-            stage = [] if i == 0 else [Downsample(widths[i - 1], level - i + 1, rep, downsample)]
-            stage.append(ConvBlock(in_channels if i == 0 else widths[i - 1], width, level - i,
-                                   self.in_rep if i == 0 else rep, rep, norm, dropout))
-            self.stages.append(nn.Sequential(*stage))
+        self.stages = encoder_stages(in_channels, widths, level, self.in_rep, rep, downsample, norm, dropout)
         self.orientation_pool = OrientationPool("mean")
         self.head = nn.Sequential(nn.Linear(widths[-1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 

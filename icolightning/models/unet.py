@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from icolightning.models.blocks import ConvBlock, Downsample, as_input_signal, check_levels, check_variant
+from icolightning.models.blocks import ConvBlock, as_input_signal, check_levels, check_variant, encoder_stages
 from icolightning.nn import IcoConv, cat_signals
 from icolightning.nn.pooling import IcoUpsample
 
@@ -36,13 +36,7 @@ class IcoUNet(nn.Module):
         check_levels(level, len(widths), "IcoUNet")
         self.in_rep, rep = check_variant(variant)
         self.level, self.variant, self.num_classes = level, variant, num_classes
-        self.encoders = nn.ModuleList()
-        self.downs = nn.ModuleList()
-        for i, width in enumerate(widths):
-            if i > 0:
-                self.downs.append(Downsample(widths[i - 1], level - i + 1, rep, downsample))
-            self.encoders.append(ConvBlock(in_channels if i == 0 else widths[i - 1], width, level - i,
-                                           self.in_rep if i == 0 else rep, rep, norm, dropout))
+        self.encoders = encoder_stages(in_channels, widths, level, self.in_rep, rep, downsample, norm, dropout)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(len(widths) - 1)):
@@ -53,9 +47,7 @@ class IcoUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = as_input_signal(x, self.in_rep)
         skips = []
-        for i, encoder in enumerate(self.encoders):
-            if i > 0:
-                h = self.downs[i - 1](h)
+        for encoder in self.encoders:
             h = encoder(h)
             skips.append(h)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):

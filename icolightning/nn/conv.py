@@ -58,6 +58,7 @@ class IcoConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         expansion = torch.as_tensor(kernel_expansion(r_in, self.out_orientations), dtype=torch.float32)
         self.register_buffer("expansion", expansion, persistent=False)
+        self._expansion_scale = ORIENTATIONS if self.out_orientations == 1 else 1
         rolled = [[(r + k + 3) % r_in for k in range(ORIENTATIONS)] for r in range(r_in)]
         self.register_buffer("corner_orient", torch.tensor(rolled), persistent=False)
         self.register_buffer("corner_tap", torch.tensor(_TAP_POSITION), persistent=False)
@@ -69,8 +70,13 @@ class IcoConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        fan_in = self.in_channels * self.in_orientations * 7
-        nn.init.normal_(self.weight, std=math.sqrt(2.0 / fan_in))
+        """He initialisation for the kernel the layer really applies: for unit-variance inputs an
+        output channel's variance is C_in · var(w) · |E_0|², where E_0 maps the taps to output
+        orientation 0's dense kernel (a scalar output averages 6 rotated copies, shrinking it)."""
+        per_orientation = self.in_orientations * 9
+        expansion = self.expansion[:, :per_orientation] / self._expansion_scale
+        gain = float(self.in_channels * expansion.square().sum())
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / gain))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -82,6 +88,8 @@ class IcoConv(nn.Module):
         """[C_out·R_out, C_in·R_in, 3, 3] conv2d kernel from the 7-tap weights."""
         o, c, r_out = self.out_channels, self.in_channels, self.out_orientations
         flat = self.weight.reshape(o * c, -1) @ self.expansion.to(self.weight.dtype)
+        if self._expansion_scale != 1:
+            flat = flat / self._expansion_scale
         return flat.view(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
 
     def _corner_outputs(self, padded: Padded, kernel: torch.Tensor) -> torch.Tensor:
@@ -108,19 +116,26 @@ class IcoConv(nn.Module):
         bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
         y = F.conv2d(padded.buf.view(b * 5, c_in * r_in, hp, wp), kernel, bias, stride=self.stride)
 
-        corners = self._corner_outputs(padded, kernel)
-        raw = torch.einsum("bqjp,kqp->bkj", padded.patches.flatten(1, 2), kernel.flatten(2))
-        if bias is not None:
-            raw = raw + bias[:, None]
+        corners = self._corner_outputs(padded, kernel).to(y.dtype)
         rows = self.out_channels * self.out_orientations
         wanted = corners[:, :, None, :10].expand(b, -1, self.out_orientations, -1).reshape(b, rows, 10)
         chart, h, w = self.out_corners.unbind(1)
         batch_chart = torch.arange(b, device=y.device)[:, None, None] * 5 + chart
-        y.index_put_((batch_chart, torch.arange(rows, device=y.device)[:, None], h, w), wanted - raw,
-                     accumulate=True)
+        index = (batch_chart, torch.arange(rows, device=y.device)[:, None], h, w)
+        if torch.compiler.is_compiling():
+            # Inductor miscompiles the accumulating form below (wrong corner values for scalar
+            # outputs, torch 2.13); a plain overwrite is correct there and its copy gets fused.
+            y = y.index_put(index, wanted)
+        else:
+            # Adding (wanted - conv output) instead of overwriting keeps backward free: the
+            # gradient of an accumulate is the identity, an overwrite would clone it.
+            raw = torch.einsum("bqjp,kqp->bkj", padded.patches.flatten(1, 2), kernel.flatten(2))
+            if bias is not None:
+                raw = raw + bias[:, None]
+            y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
 
         charts = y.view(b, 5, self.out_channels, self.out_orientations, *y.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
-        poles = corners[:, :, None, 10:].expand(b, -1, self.out_orientations, -1)
+        poles = corners[:, :, None, 10:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
 
 

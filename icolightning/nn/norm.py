@@ -71,6 +71,8 @@ class IcoDropout(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
 
     def forward(self, x: IcoSignal) -> IcoSignal:

@@ -55,7 +55,7 @@ class HexPool(nn.Module):
         values = corners[:, :, None, :10].permute(3, 0, 1, 2).expand(-1, -1, -1, by_pixel.shape[-1])
         by_pixel = by_pixel.index_put((self.out_c, self.out_h, self.out_w), values)
         b, c, r = by_pixel.shape[3:]
-        return IcoSignal(by_pixel.permute(3, 4, 5, 0, 1, 2), corners[:, :, None, 10:].expand(b, c, r, 2))
+        return IcoSignal(by_pixel.permute(3, 4, 5, 0, 1, 2), corners[:, :, None, 10:].expand(b, c, r, 2).contiguous())
 
 
 class IcoUpsample(nn.Module):
@@ -80,7 +80,7 @@ class IcoUpsample(nn.Module):
         even_rows = torch.stack([here, along_w], dim=-1).flatten(-2)
         odd_rows = torch.stack([along_h, diagonal], dim=-1).flatten(-2)
         fine = torch.stack([even_rows, odd_rows], dim=-2).flatten(-3, -2)
-        poles = x.poles.mean(2, keepdim=True).expand_as(x.poles)
+        poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
         return IcoSignal(fine.permute(0, 2, 3, 1, 4, 5), poles)
 
 

@@ -69,6 +69,7 @@ def _direction_of(grid: IcoGrid, vertex: int, neighbour: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def padding_table(level: int) -> PaddingTable:
+    """Where each border cell of each chart (and each interior corner pixel) takes its value from."""
     grid = IcoGrid(level)
     h_size, w_size = grid.chart_shape
     pixel_vertex = grid.chart_pixel_vertex()
@@ -93,7 +94,7 @@ def padding_table(level: int) -> PaddingTable:
                 found.add((u, shift))
             if len(found) > 1:
                 raise RuntimeError(f"level {level} chart {c} cell {(h, w)}: inconsistent padding {found}")
-            if not found and h <= h_size and 0 <= w <= w_size and h >= 0:
+            if not found and 0 <= h <= h_size and 0 <= w <= w_size:
                 on_chart = int(grid.lattice_vertex[c, h_size - h, w])
                 if is_corner[on_chart]:
                     found.add((on_chart, -1))
@@ -115,6 +116,7 @@ def padding_table(level: int) -> PaddingTable:
 
 @functools.lru_cache(maxsize=16)
 def corner_table(level: int) -> CornerTable:
+    """The 12 corners, their 5 neighbours and the direction from each neighbour to its corner."""
     grid = IcoGrid(level)
     is_corner = grid.degree == 5
     neighbours = np.stack([grid.ring[v, :5] for v in grid.corners])
@@ -127,10 +129,11 @@ def corner_table(level: int) -> CornerTable:
 
 
 def kernel_expansion(in_orientations: int, out_orientations: int) -> np.ndarray:
-    """[R_in·7, R_out·R_in·9] matrix taking 7-tap weights to a dense 3x3 p6 kernel by one matmul.
+    """[R_in·7, R_out·R_in·9] 0/1 (or count) matrix taking 7-tap weights to a dense 3x3 p6 kernel.
 
     Output orientation i uses the taps rotated by i and the input channels shifted by i; a
-    scalar output (R_out = 1) averages the 6 rotated copies, which is the invariant map.
+    scalar output (R_out = 1) sums the 6 rotated copies (divide by 6 for the invariant mean).
+    Integer entries keep the expansion exact in every dtype.
     """
     orient, tap = hex_kernel_pattern(in_orientations)
     expand = np.zeros((in_orientations * 8, ORIENTATIONS, in_orientations * 9))
@@ -139,7 +142,7 @@ def kernel_expansion(in_orientations: int, out_orientations: int) -> np.ndarray:
         expand[rows[i], i, np.arange(in_orientations * 9)] = 1.0
     expand = expand.reshape(in_orientations, 8, ORIENTATIONS, -1)[:, :7].reshape(in_orientations * 7, ORIENTATIONS, -1)
     if out_orientations == 1:
-        expand = expand.mean(1, keepdims=True)
+        expand = expand.sum(1, keepdims=True)
     return expand.reshape(in_orientations * 7, -1)
 
 
