@@ -73,3 +73,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
         assert torch.equal(state["state_dict"][key], value), key
     assert metrics["val"] == reference_metrics["val"]
     assert metrics["best_score"] == reference_metrics["best_score"]
+
+
+def test_one_last_checkpoint_per_run(tmp_path):
+    """Both checkpoint callbacks refresh the same last.ckpt; none writes last-v1.ckpt."""
+    run = _train(tmp_path, "single")
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "outputs" / "train" / "single" / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
