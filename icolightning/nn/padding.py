@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from icolightning.grid import NUM_CHARTS, IcoGrid
 from icolightning.nn.signal import IcoSignal
-from icolightning.nn.tables import CORNER, REGULAR, UNUSED, corner_table, padding_table
+from icolightning.nn.tables import gauge_pad_index
 
 
 class Padded(NamedTuple):
@@ -81,7 +81,8 @@ class _GaugePadFunction(torch.autograd.Function):
         for strip in _border_strips(buf):
             strip.copy_(border[..., start: start + strip.shape[-1]])
             start += strip.shape[-1]
-        flat.index_copy_(1, off["corner_dst"], means[:, :, None, pad.cor_slot].expand(b, c, r, -1).reshape(b, -1))
+        corner_values = means[:, :, None, pad.corner_cell_slot].expand(b, c, r, -1)
+        flat.index_copy_(1, off["corner_dst"], corner_values.reshape(b, -1))
         flat.index_fill_(1, off["unused_dst"], 0)
         patches = read(off["patches"]).view(b, c, r, 10, 9)
         ctx.pad = pad
@@ -118,8 +119,9 @@ class _GaugePadFunction(torch.autograd.Function):
         return grad.permute(0, 2, 3, 1, 4, 5), grad_poles, None
 
 
-def _long(values) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=torch.long)
+def _long(values: np.ndarray) -> torch.Tensor:
+    """A copy: the index arrays are cached per level and shared by every layer of that level."""
+    return torch.tensor(values, dtype=torch.long)
 
 
 class GaugePad(nn.Module):
@@ -135,98 +137,11 @@ class GaugePad(nn.Module):
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
-        grid = IcoGrid(level)
-        table = padding_table(level)
-        height, width = self.chart_shape = grid.chart_shape
-        padded_pos = table.hp * (width + 2) + table.wp
-        kind = {k: table.kind == k for k in (REGULAR, CORNER, UNUSED)}
-        corner_pix = grid.chart_corner_pixels()
-        slot_of = {int(v): k for k, v in enumerate(grid.corners)}
-        route_of = {(int(table.chart[i]), int(padded_pos[i])): (int(table.kind[i]), int(table.source[i]),
-                                                                int(table.shift[i]), int(table.corner_slot[i]))
-                    for i in range(len(table.kind))}
-
-        def unpadded(vertex: int) -> tuple[int, int]:
-            return vertex // (height * width), vertex % (height * width)
-
-        def padded(vertex: int) -> tuple[int, int]:
-            chart, pos = unpadded(vertex)
-            return chart, (pos // width + 1) * (width + 2) + pos % width + 1
-
-        strip_cells = ([(0, wp) for wp in range(width + 2)] + [(height + 1, wp) for wp in range(width + 2)]
-                       + [(hp, 0) for hp in range(1, height + 1)] + [(hp, width + 1) for hp in range(1, height + 1)])
-        strip_src, pulls_of = [], {}
-        for chart in range(NUM_CHARTS):
-            dump = int(corner_pix[2 * chart, 0]) * height * width
-            for hp, wp in strip_cells:
-                kind_, source, shift, _ = route_of[(chart, hp * (width + 2) + wp)]
-                regular = kind_ == REGULAR
-                strip_src.append((*padded(source if regular else dump), shift if regular else 0))
-                if regular:
-                    pulls_of.setdefault(source, []).append((chart, hp * (width + 2) + wp, -shift))
-        # Backward pulls each boundary pixel's gradient from the border cells copied from it: the
-        # first through one gather laid out like the boundary strips, a rare second (3 pixels per
-        # chart) through a small scatter. The 10 corners have none; their gradient is set last.
-        boundary = ([(0, w) for w in range(width)] + [(height - 1, w) for w in range(width)]
-                    + [(h, 0) for h in range(1, height - 1)] + [(h, width - 1) for h in range(1, height - 1)])
-        boundary_pull, extra_pull, extra_route = [], [], []
-        for chart in range(NUM_CHARTS):
-            for h, w in boundary:
-                vertex = chart * height * width + h * width + w
-                pulls = pulls_of.get(vertex, [(*padded(vertex), 0)])
-                boundary_pull.append(pulls[0])
-                extra_pull += pulls[1:]
-                extra_route += [unpadded(vertex)] * len(pulls[1:])
-
-        patch_pad_pos = ((corner_pix[:, 1:2] + np.repeat(np.arange(3), 3)) * (width + 2)
-                         + corner_pix[:, 2:3] + np.tile(np.arange(3), 3))
-        patch_routes = []
-        for chart, row in zip(corner_pix[:, 0], patch_pad_pos, strict=True):
-            for p in row:
-                hp, wp = divmod(int(p), width + 2)
-                own = int(chart) * height * width + (hp - 1) * width + (wp - 1)
-                patch_routes.append(route_of.get((int(chart), int(p)), (REGULAR, own, 0, -1)))
-        patch_kind = np.array([route[0] for route in patch_routes])
-
-        corners = corner_table(level)
-        nb = corners.neighbours.ravel()
-        nb_is_corner = corners.neighbour_is_corner.ravel()
-        nb_pixel = np.where(nb_is_corner | (nb >= grid.num_chart_vertices), 0, nb)
-        small_src = np.concatenate([[route[1] for route in patch_routes if route[0] == REGULAR],
-                                    nb_pixel[~nb_is_corner]]).astype(np.int64)
-        small_shift = np.concatenate([[route[2] for route in patch_routes if route[0] == REGULAR],
-                                      corners.toward.ravel()[~nb_is_corner]])
-        route_slot = np.concatenate([table.corner_slot[kind[CORNER]],
-                                     [route[3] for route in patch_routes if route[0] == CORNER],
-                                     [slot_of[int(v)] for v in nb[nb_is_corner]]])
-        strip_src = np.array(strip_src).reshape(NUM_CHARTS, -1, 3)
-        boundary_pull = np.array(boundary_pull).reshape(NUM_CHARTS, -1, 3)
-        extra_pull, extra_route = np.array(extra_pull).reshape(-1, 3), np.array(extra_route).reshape(-1, 2)
-        nb_padded = np.array([padded(int(v)) for v in nb_pixel])
-        buffers = {
-            "strip_src_chart": strip_src[..., 0], "strip_src_pos": strip_src[..., 1], "strip_shift": strip_src[..., 2],
-            "pull_chart": boundary_pull[..., 0], "pull_pos": boundary_pull[..., 1],
-            "pull_shift": boundary_pull[..., 2],
-            "extra_chart": extra_pull[:, 0], "extra_pos": extra_pull[:, 1], "extra_shift": extra_pull[:, 2],
-            "small_chart": np.concatenate([small_src // (height * width), extra_route[:, 0]]),
-            "small_pos": np.concatenate([small_src % (height * width), extra_route[:, 1]]),
-            "small_shift": np.concatenate([small_shift, np.zeros(len(extra_route), dtype=np.int64)]),
-            "cor_chart": table.chart[kind[CORNER]], "cor_pos": padded_pos[kind[CORNER]],
-            "cor_slot": table.corner_slot[kind[CORNER]],
-            "unused_chart": table.chart[kind[UNUSED]], "unused_pos": padded_pos[kind[UNUSED]],
-            "cc": corner_pix[:, 0], "corner_pad_pos": (corner_pix[:, 1] + 1) * (width + 2) + corner_pix[:, 2] + 1,
-            "corner_pos": corner_pix[:, 1] * width + corner_pix[:, 2],
-            "patch_chart": np.repeat(corner_pix[:, 0], 9), "patch_pos": patch_pad_pos.ravel(),
-            "patch_regular": np.flatnonzero(patch_kind == REGULAR),
-            "patch_corner": np.flatnonzero(patch_kind == CORNER),
-            "nb_chart": nb_padded[:, 0], "nb_pad_pos": nb_padded[:, 1],
-            "nb_toward": corners.toward.ravel(), "nb_regular": np.flatnonzero(~nb_is_corner),
-            "nb_slot": np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),
-            "route_slot": route_slot,
-        }
-        for name, values in buffers.items():
-            self.register_buffer(name, _long(values), persistent=False)
-        self.register_buffer("nb_is_corner", torch.as_tensor(corners.neighbour_is_corner), persistent=False)
+        index = gauge_pad_index(level)
+        self.chart_shape = IcoGrid(level).chart_shape
+        for name, values in index.items():
+            tensor = torch.tensor(values) if values.dtype == bool else _long(values)
+            self.register_buffer(name, tensor, persistent=False)
         self._offset_cache: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def offsets(self, channels: int, orientations: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -244,16 +159,16 @@ class GaugePad(nn.Module):
                                 channels, orientations, size)
 
             cached = {
-                "corner_pixels": offsets(self.cc, self.corner_pad_pos),
+                "corner_pixels": offsets(self.corner_chart, self.corner_pad_pos),
                 "neighbours": offsets(self.nb_chart, self.nb_pad_pos, self.nb_toward),
                 "strips": offsets(self.strip_src_chart, self.strip_src_pos, self.strip_shift),
                 "boundary_pull": offsets(self.pull_chart, self.pull_pos, self.pull_shift),
                 "extra_pull": offsets(self.extra_chart, self.extra_pos, self.extra_shift),
-                "corner_dst": offsets(self.cor_chart, self.cor_pos),
+                "corner_dst": offsets(self.corner_cell_chart, self.corner_cell_pos),
                 "unused_dst": offsets(self.unused_chart, self.unused_pos),
                 "patches": offsets(self.patch_chart, self.patch_pos),
                 "small_routes": offsets(self.small_chart, self.small_pos, self.small_shift, unpadded),
-                "corner_grad": offsets(self.cc, self.corner_pos, 0, unpadded),
+                "corner_grad": offsets(self.corner_chart, self.corner_pos, 0, unpadded),
             }
             self._offset_cache[key] = cached
         return cached
