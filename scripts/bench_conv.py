@@ -1,5 +1,8 @@
 """IcoConv vs a plain conv2d with the same channels on the same number of pixels, side by side.
 
+The plain conv2d runs both in PyTorch's default layout (NCHW) and channels-last (NHWC); IcoConv
+keeps its padded charts channels-last, so "vs NHWC" is the like-for-like figure.
+
 Forward + backward (input and weight gradients), float32, runs interleaved in one process so
 both see the same machine state; prints the median time of each and their ratio.
 Target (DESIGN §7): regular->regular, level 5, 16x6 -> 16x6 channels, batch 8: <= 1.15x.
@@ -37,27 +40,31 @@ def _time(fn, device: torch.device, reset, clock) -> float:
 
 
 def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
-            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float]:
+            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float, float]:
+    """Median seconds of (IcoConv, plain conv2d in the default layout, plain conv2d channels-last)."""
     grid = IcoGrid(level)
     r_in = 6 if in_rep == "regular" else 1
     conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
     height, width = grid.chart_shape
-    # Charts laid out as a previous IcoConv leaves them ([B, 5, C, R, H, W] memory, permuted view).
-    charts = torch.randn(batch, 5, channels, r_in, height, width, device=device, dtype=dtype)
-    charts = charts.permute(0, 2, 3, 1, 4, 5).requires_grad_()
+    # Charts laid out as a previous IcoConv leaves them: a channels-last [B·5, C·R, H, W] conv output.
+    planes = torch.randn(batch * 5, channels * r_in, height, width, device=device, dtype=dtype)
+    planes = planes.contiguous(memory_format=torch.channels_last)
+    charts = planes.view(batch, 5, channels, r_in, height, width).permute(0, 2, 3, 1, 4, 5).requires_grad_()
     poles = torch.randn(batch, channels, r_in, 2, device=device, dtype=dtype, requires_grad=True)
 
     plain_w = torch.randn(channels * 6, channels * r_in, 3, 3, device=device, dtype=dtype, requires_grad=True)
     plain_b = torch.zeros(channels * 6, device=device, dtype=dtype, requires_grad=True)
     plain_x = torch.randn(batch, channels * r_in, 5 * height, width, device=device, dtype=dtype,
                           requires_grad=True)
+    plain_x_cl = plain_x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
 
     # Upstream gradients as a following layer would hand them back: dense, in each output's layout.
     out = conv(IcoSignal(charts, poles))
     grad_charts = torch.randn_like(out.charts)
     grad_poles = torch.randn_like(out.poles)
     plain_grad = torch.randn_like(F.conv2d(plain_x, plain_w, plain_b, padding=1))
-    leaves = (charts, poles, *conv.parameters(), plain_x, plain_w, plain_b)
+    plain_grad_cl = plain_grad.contiguous(memory_format=torch.channels_last)
+    leaves = (charts, poles, *conv.parameters(), plain_x, plain_x_cl, plain_w, plain_b)
 
     def ico_step() -> None:
         out = conv(IcoSignal(charts, poles))
@@ -66,18 +73,23 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     def plain_step() -> None:
         F.conv2d(plain_x, plain_w, plain_b, padding=1).backward(plain_grad)
 
+    def plain_step_cl() -> None:
+        F.conv2d(plain_x_cl, plain_w, plain_b, padding=1).backward(plain_grad_cl)
+
     def reset() -> None:
         for leaf in leaves:
             leaf.grad = None
 
+    steps = (ico_step, plain_step, plain_step_cl)
     for _ in range(3):
-        ico_step()
-        plain_step()
-    ico, plain = [], []
+        for step in steps:
+            step()
+    times: list[list[float]] = [[], [], []]
     for _ in range(repeats):
-        ico.append(_time(ico_step, device, reset, clock))
-        plain.append(_time(plain_step, device, reset, clock))
-    return statistics.median(ico), statistics.median(plain)
+        for step, record in zip(steps, times, strict=True):
+            record.append(_time(step, device, reset, clock))
+    ico, plain, plain_cl = (statistics.median(t) for t in times)
+    return ico, plain, plain_cl
 
 
 def main() -> None:
@@ -98,13 +110,15 @@ def main() -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch} "
           f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
-    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'conv2d ms':>11}{'ratio':>8}")
+    print("plain conv2d: the same channels on the same pixel count, in the default layout (NCHW) and")
+    print("channels-last (NHWC, the layout IcoConv works in); the ratio against each is printed")
+    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'NCHW ms':>10}{'NHWC ms':>10}{'vs NCHW':>9}{'vs NHWC':>9}")
     cases = [(lvl, "regular") for lvl in args.level] + [(5 if 5 in args.level else args.level[0], "scalar")]
     for level, in_rep in cases:
-        ico, plain = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype, clock)
+        ico, plain, plain_cl = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype, clock)
         name = "regular->regular" if in_rep == "regular" else "scalar->regular"
-        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>11.1f}{ico / plain:>8.3f}")
-
+        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>10.1f}{plain_cl * 1e3:>10.1f}"
+              f"{ico / plain:>9.3f}{ico / plain_cl:>9.3f}")
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ class Padded(NamedTuple):
     """What a layer reads: the padded buffer and the corner rule's inputs."""
 
     buf: torch.Tensor
-    """[B, 5, C, R, H+2, W+2] contiguous."""
+    """[B, 5, C, R, H+2, W+2], a view of a channels-last [B·5, C·R, H+2, W+2] tensor."""
     patches: torch.Tensor
     """[B, C, R, 10, 9] padded 3x3 neighbourhoods of the 10 chart corners (row-major)."""
     corner_own: torch.Tensor
@@ -38,15 +38,27 @@ class Padded(NamedTuple):
 
 def _offsets(chart: torch.Tensor, pos: torch.Tensor, shift: torch.Tensor, channels: int, orientations: int,
              plane: int) -> torch.Tensor:
-    """Flat offsets, within one batch entry of a contiguous [5, C, R, plane] tensor, of cells
+    """Flat offsets, within one batch entry of a channels-last [5, plane, C, R] buffer, of cells
     (chart, pos) read at orientation (r + shift) % R. Inputs [M] or [G, M] give [C, R, M] or
     [G, C, R, M] (flattened)."""
     chart, pos, shift = (t if t.dim() == 0 else (t if t.dim() == 2 else t[None])[:, None, None, :]
                          for t in (chart, pos, shift))
     r = torch.arange(orientations, device=pos.device)[:, None]
     c = torch.arange(channels, device=pos.device)[:, None, None]
-    out = chart * (channels * orientations * plane) + c * (orientations * plane) + pos
-    return (out + ((r + shift) % orientations) * plane).flatten()
+    out = (chart * plane + pos) * (channels * orientations) + c * orientations
+    return (out + (r + shift) % orientations).flatten()
+
+
+def _channels_last(charts: int, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised [charts, channels, height, width] channels-last tensor: oneDNN (and cuDNN)
+    convolve that layout without a reorder, ~25% faster here than the default layout."""
+    return torch.empty((charts, channels, height, width), dtype=like.dtype, device=like.device,
+                       memory_format=torch.channels_last)
+
+
+def _per_batch(planes: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B·5, C·R, H, W] channels-last -> [B, 5·H·W·C·R] in memory order; a view, so writes land."""
+    return planes.permute(0, 2, 3, 1).view(batch, -1)
 
 
 def _border_strips(buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -65,9 +77,10 @@ class _GaugePadFunction(torch.autograd.Function):
         b, c, r = charts.shape[:3]
         h, w = charts.shape[-2:]
         off = pad.offsets(c, r, charts.device)
-        buf = charts.new_empty(b, NUM_CHARTS, c, r, h + 2, w + 2)
+        planes = _channels_last(b * NUM_CHARTS, c * r, h + 2, w + 2, charts)
+        buf = planes.view(b, NUM_CHARTS, c, r, h + 2, w + 2)
         buf[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
-        flat = buf.view(b, -1)
+        flat = _per_batch(planes, b)
 
         def read(offsets: torch.Tensor) -> torch.Tensor:
             return flat.index_select(1, offsets).view(b, c, r, -1)
@@ -94,12 +107,13 @@ class _GaugePadFunction(torch.autograd.Function):
     def backward(ctx, g_buf, g_patches, g_own, g_nb):
         pad: GaugePad = ctx.pad
         charts_shape, poles_shape = ctx.shapes
-        b, c, r = charts_shape[:3]
+        b, c, r, _, h, w = charts_shape
         off = pad.offsets(c, r, g_buf.device)
-        g_buf = g_buf.contiguous()
-        grad = g_buf[..., 1:-1, 1:-1].contiguous()
-        flat = grad.view(b, -1)
-        g_flat = g_buf.view(b, -1)
+        g_planes = g_buf.reshape(b * NUM_CHARTS, c * r, h + 2, w + 2)
+        g_flat = g_planes.permute(0, 2, 3, 1).reshape(b, -1)
+        planes = g_planes[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
+        grad = planes.view(b, NUM_CHARTS, c, r, h, w)
+        flat = _per_batch(planes, b)
         if pad.level > 0:
             pulled = g_flat.index_select(1, off["boundary_pull"]).view(b, NUM_CHARTS, c, r, -1)
             start = 0
