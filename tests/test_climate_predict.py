@@ -129,5 +129,9 @@ def test_regrid_tool_errors_are_clear(trained, tmp_path, capsys) -> None:
     assert str(source) in err and "'NOPE'" in err and "TMQ" in err
     assert regrid_main([str(tmp_path / "missing.nc"), str(tmp_path / "o.nc"), "--level", "2"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert regrid_main([str(source), str(tmp_path / "o.nc"), "--level", "12"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        regrid_main([str(source), str(tmp_path / "o.nc"), "--level", "12"])
+    assert exit_info.value.code == 2
+    assert "--level must be in 0.." in capsys.readouterr().err
     assert not (tmp_path / "o.nc").exists()
+

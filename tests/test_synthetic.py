@@ -117,3 +117,10 @@ def test_cli_writes_train_and_test_folders_and_refuses_tiny_grids(tmp_path) -> N
     assert make_synthetic_main([str(tmp_path), *args]) == 0
     assert len(list((tmp_path / "train").glob("*.nc"))) == 3 and len(list((tmp_path / "test").glob("*.nc"))) == 2
     assert make_synthetic_main([str(tmp_path / "x"), "--nlat", "4", "--quiet"]) == 1
+
+
+def test_cli_refuses_negative_counts_like_any_bad_argument(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        make_synthetic_main([str(tmp_path), "--train", "-1"])
+    assert exit_info.value.code == 2
+    assert "--train and --test must be >= 0" in capsys.readouterr().err

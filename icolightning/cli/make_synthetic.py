@@ -24,10 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.train < 0 or args.test < 0:
-        print("icolightning-make-synthetic: error: --train and --test must be >= 0", file=sys.stderr)
-        return 2
+        parser.error("--train and --test must be >= 0")
     from datamodules.synthetic import generate_dataset
 
     try:

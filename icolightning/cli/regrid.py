@@ -27,13 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0 <= args.level <= MAX_LEVEL:
-        print(
-            f"icolightning-regrid: error: --level must be in 0..{MAX_LEVEL}, got {args.level}",
-            file=sys.stderr,
-        )
-        return 2
+        parser.error(f"--level must be in 0..{MAX_LEVEL}, got {args.level}")
     from datamodules.regrid_netcdf import regrid_netcdf
 
     try:
