@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from icolightning.lightning.config import to_primitive
+from icolightning.nn.norm import set_batchnorm_sync
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
 COMPILE_PREFIX = "_orig_mod."
@@ -83,6 +84,18 @@ class IcoTask(L.LightningModule):
             stats = datamodule_stats(self.trainer.datamodule)
             if stats:
                 self.hparams["data_stats"] = stats
+
+    def on_fit_start(self) -> None:
+        """Honour ``Trainer(sync_batchnorm=True)`` for the equivariant batch norms.
+
+        Lightning's layer sync swaps torch ``_BatchNorm`` layers for ``SyncBatchNorm``; `IcoBatchNorm`
+        is not one (it reads an `IcoSignal` and must work over gloo), so it syncs itself when told.
+        """
+        if getattr(self.trainer.strategy, "_layer_sync", None) is not None:
+            set_batchnorm_sync(self.net, True)
+
+    def on_fit_end(self) -> None:
+        set_batchnorm_sync(self.net, False)
 
     @property
     def data_stats(self) -> dict[str, Any]:
