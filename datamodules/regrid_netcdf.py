@@ -6,7 +6,8 @@ per-vertex `lat`/`lon` coordinates are added. Variables stored as integers on di
 masks) always use nearest neighbour and are written back with their on-disk dtype and
 _FillValue, even when a _FillValue made xarray decode them to float; packed integers
 (scale_factor/add_offset) are continuous fields and are interpolated like floats. Work
-proceeds one time step at a time, so files larger than memory are fine.
+proceeds one time step at a time and each step is appended to the output, so files larger than
+memory are fine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datamodules.netcdf_io import (
     missing_variables_error,
     open_netcdf,
 )
+from datamodules.netcdf_slabs import SlabWriter
 from datamodules.regrid import METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
@@ -64,6 +66,25 @@ def _vertex_coords(level: int) -> dict[str, xr.DataArray]:
     }
 
 
+def _skeleton(ds: xr.Dataset, names: list[str], grid_dims: tuple[str, str], level: int, history: str) -> xr.Dataset:
+    """Everything of the output except the regridded variables: the input's variables and coordinates
+    without grid dimensions, per-vertex lat/lon, the global attributes and the history line."""
+    keep = {str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)}
+    other_coords = {str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims}
+    out = xr.Dataset(keep, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
+    out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
+    out.attrs["icosahedral_level"] = int(level)
+    return out.load()
+
+
+def _stored_encoding(var: xr.DataArray, dtype: np.dtype | None) -> dict:
+    """Integer variables are written back with their on-disk dtype and fill values."""
+    if dtype is None:
+        return {}
+    keys = ("_FillValue", "missing_value")
+    return {"dtype": dtype, **{key: var.encoding[key] for key in keys if var.encoding.get(key) is not None}}
+
+
 def regrid_netcdf(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -72,57 +93,47 @@ def regrid_netcdf(
     method: str = "bilinear",
     progress: bool = True,
 ) -> Path:
-    """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path."""
+    """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path.
+
+    One time step of one variable is in memory at a time: each is regridded and appended to the output.
+    """
     from tqdm.auto import tqdm
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     in_path, out_path = Path(in_path), Path(out_path)
-    with open_netcdf(in_path) as ds:
+    n = IcoGrid(level).num_vertices
+    with open_netcdf(in_path) as ds, atomic_path(out_path) as tmp:
         grid_dims = find_latlon_dims(ds, in_path)
         names = _select(ds, grid_dims, variables, in_path)
         lat, lon = ds[grid_dims[0]].values, ds[grid_dims[1]].values
-        n = IcoGrid(level).num_vertices
         lead = {name: [d for d in ds[name].dims if d not in grid_dims] for name in names}
         steps_dim = find_time_dim(ds, grid_dims) or next((dims[0] for dims in lead.values() if dims), None)
         steps = ds.sizes[steps_dim] if steps_dim else 1
         integer = {name: stored_integer_dtype(ds[name]) for name in names}
-        results = {name: np.empty((*[ds.sizes[d] for d in lead[name]], n), ds[name].dtype) for name in names}
-        for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
-            for name in names:
-                var = ds[name]
-                if steps_dim in var.dims:
-                    var = var.isel({steps_dim: t})
-                elif t > 0:
-                    continue
-                values = var.transpose(..., *grid_dims).values
-                use = "nearest" if integer[name] is not None or not np.issubdtype(values.dtype, np.floating) else method
-                try:
-                    out = latlon_to_ico(values, lat, lon, level, use)
-                except ValueError as exc:
-                    raise DataFileError(in_path, str(exc), name) from exc
-                target = results[name]
-                if steps_dim in ds[name].dims:
-                    target[(slice(None),) * lead[name].index(steps_dim) + (t,)] = out
-                else:
-                    target[...] = out
-        data_vars = {
-            name: xr.DataArray(results[name], dims=(*lead[name], "vertex"), attrs=ds[name].attrs) for name in names
-        }
-        for name, dtype in integer.items():
-            if dtype is not None:
-                encoding = {"dtype": dtype}
-                for key in ("_FillValue", "missing_value"):
-                    if ds[name].encoding.get(key) is not None:
-                        encoding[key] = ds[name].encoding[key]
-                data_vars[name].encoding = encoding
-        keep = {str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)}
-        other_coords = {str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims}
-        out = xr.Dataset({**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
         history = f"icolightning-regrid {in_path.name} --level {level} --method {method}"
-        out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
-        out.attrs["icosahedral_level"] = int(level)
-        out.load()
-    with atomic_path(out_path) as tmp:
-        out.to_netcdf(tmp, engine="netcdf4")
+        writer = SlabWriter(tmp, _skeleton(ds, names, grid_dims, level, history))
+        try:
+            sizes = {**ds.sizes, "vertex": n}
+            for name in names:
+                writer.add_variable(name, (*lead[name], "vertex"), sizes, ds[name].dtype, ds[name].attrs,
+                                    _stored_encoding(ds[name], integer[name]))
+            for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
+                for name in names:
+                    var = ds[name]
+                    index: tuple = ()
+                    if steps_dim in var.dims:
+                        var = var.isel({steps_dim: t})
+                        index = (slice(None),) * lead[name].index(steps_dim) + (t,)
+                    elif t > 0:
+                        continue
+                    values = var.transpose(..., *grid_dims).values
+                    float_field = integer[name] is None and np.issubdtype(values.dtype, np.floating)
+                    try:
+                        out = latlon_to_ico(values, lat, lon, level, method if float_field else "nearest")
+                    except ValueError as exc:
+                        raise DataFileError(in_path, str(exc), name) from exc
+                    writer.write(name, index, out.astype(ds[name].dtype, copy=False))
+        finally:
+            writer.close()
     return out_path

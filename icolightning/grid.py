@@ -181,6 +181,11 @@ class IcoGrid:
             cls._instances[grid.level] = grid
         return cls._instances[int(level)]
 
+    def __reduce__(self) -> tuple[type[IcoGrid], tuple[int]]:
+        """Pickle and deep-copy as the level: unpickling (another DDP process, an EMA copy of a model)
+        returns that process's one instance, never a second copy of the tables."""
+        return IcoGrid, (self.level,)
+
     def __repr__(self) -> str:
         return f"IcoGrid(level={self.level}, num_vertices={self.num_vertices})"
 

@@ -11,6 +11,11 @@ not grow with the test set and DDP sync is an exact sum of counts (`dist_reduce_
   mAP = mean AP over the event classes (TC, AR), the DeepSphere / icosahedral-CNN definition.
 * IoU of class k = TP / (TP + FP + FN) from the global confusion matrix; mean IoU over all
   classes (ClimateNet's definition).
+
+A class with no vertex in the evaluated labels has no accuracy and no AP (NaN per class). It is
+left out of `mean_acc`, `mAP` and (unless it was predicted, which makes its IoU 0) `mean_iou`;
+compute()'s `present` says which classes were. A mean over no class at all is 0, so the means are never NaN and
+checkpoint selection keeps comparing epochs.
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ def average_precision_from_histograms(pos: Tensor, neg: Tensor) -> Tensor:
     return (step * precision).sum(-1)
 
 
+def mean_where(values: Tensor, defined: Tensor) -> Tensor:
+    """Mean of `values` where `defined` holds; 0 when it holds nowhere (never NaN)."""
+    return values[defined].mean() if bool(defined.any()) else values.new_zeros(())
+
+
 class ClimateMetrics(Metric):
     """Per-class accuracy, AP and IoU plus their means, from probabilities [B, K, N] and labels [B, N].
 
     ``compute()`` returns a dict of scalars: ``acc_<c>``, ``ap_<c>``, ``iou_<c>`` for every class
     name and ``accuracy`` (overall), ``mean_acc``, ``mAP``, ``mean_iou``; plus ``confusion``,
-    the synced [K, K] count matrix (rows = truth), which is not a scalar.
+    the synced [K, K] count matrix (rows = truth), and ``present``, [K] booleans: which classes occur
+    in the labels (the others are left out of the means); neither is a scalar.
     """
 
     full_state_update = False
@@ -110,8 +121,11 @@ class ClimateMetrics(Metric):
             out[f"acc_{name}"] = acc[i]
             out[f"ap_{name}"] = ap[i]
             out[f"iou_{name}"] = iou[i]
-        out["mean_acc"] = acc.mean()
-        out["mAP"] = ap[self.event_index].mean()
-        out["mean_iou"] = iou.mean()
+        present = cm.sum(1) > 0
+        out["mean_acc"] = mean_where(acc, present)
+        out["mAP"] = mean_where(ap[self.event_index], present[self.event_index])
+        out["mean_iou"] = mean_where(iou, (cm.sum(1) + cm.sum(0)) > 0)
         out["confusion"] = self.confmat.clone()
+        out["present"] = present
         return out
+

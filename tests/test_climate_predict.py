@@ -58,7 +58,7 @@ def test_prediction_input_matches_the_test_set_and_masks_go_back_to_the_file_gri
     variant = tmp_path / "variant.nc"
     ds = _reordered_copy(source, variant)
     moved = load_for_prediction(variant, Normalization.from_dict(state))
-    assert moved.x.shape[0] == 2 and (moved.lat_dim, moved.lon_dim) == ("latitude", "longitude")
+    assert moved.x.shape[0] == 2 and (moved.grid.lat_dim, moved.grid.lon_dim) == ("latitude", "longitude")
     torch.testing.assert_close(moved.x[0], inputs.x[0], atol=1e-4, rtol=1e-4)
 
     labels = torch.randint(0, 3, (2, IcoGrid(LEVEL).num_vertices))
@@ -68,9 +68,9 @@ def test_prediction_input_matches_the_test_set_and_masks_go_back_to_the_file_gri
         assert written["LABELS"].dims == ("time", "latitude", "longitude")
         np.testing.assert_array_equal(written.latitude.values, ds.latitude.values)
         np.testing.assert_array_equal(written.time.values, ds.time.values)
-        expected = ico_to_latlon(labels.numpy(), moved.lat, moved.lon, method="nearest")
+        expected = ico_to_latlon(labels.numpy(), moved.grid.lat, moved.grid.lon, method="nearest")
         np.testing.assert_array_equal(written["LABELS"].values, expected)
-        back = latlon_to_ico(written["LABELS"].values, moved.lat, moved.lon, LEVEL, method="nearest")
+        back = latlon_to_ico(written["LABELS"].values, moved.grid.lat, moved.grid.lon, LEVEL, method="nearest")
         assert (back == labels.numpy()).mean() > 0.95
         probs = written["PROBABILITIES"].values
         assert probs.shape == (2, 3, 36, 72)

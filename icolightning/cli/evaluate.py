@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from icolightning.cli.entry import hydra_entry
+from icolightning.lightning.run import evaluate
 
-from icolightning.lightning.run import CONFIG_DIR, evaluate
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
+main = hydra_entry("eval", evaluate, __name__)
 
 if __name__ == "__main__":
     main()

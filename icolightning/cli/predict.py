@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
+from icolightning.cli.entry import hydra_entry
 from icolightning.lightning.inference import predict
-from icolightning.lightning.run import CONFIG_DIR
 
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)
-
+main = hydra_entry("predict", predict, __name__)
 
 if __name__ == "__main__":
     main()

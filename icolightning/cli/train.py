@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from icolightning.cli.entry import hydra_entry
+from icolightning.lightning.run import train
 
-from icolightning.lightning.run import CONFIG_DIR, train
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
+main = hydra_entry("train", train, __name__)
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from icolightning.errors import UsageError
 from icolightning.grid import IcoGrid
 from icolightning.lightning.base import IcoTask, load_module
 from icolightning.lightning.config import instantiate_list, instantiate_module, to_primitive
@@ -25,8 +27,19 @@ from icolightning.lightning.segmentation import SegmentationModule
 from icolightning.plots import save_confusion_matrix, save_mask_maps
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-"""The Hydra config tree (conf/ at the repository root; the package is installed editable)."""
+
+
+def find_config_dir() -> str:
+    """The Hydra config tree: conf/ inside the installed package (a wheel ships the repository's
+    top-level conf/ as icolightning/conf), else conf/ at the top of the checkout (editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no Hydra config tree (conf/train.yaml) in {package} or {package.parent}")
+
+
+CONFIG_DIR = find_config_dir()
 
 
 # ---------------------------------------------------------------------------------- guards and paths
@@ -37,12 +50,39 @@ def refuse_multirun_ddp(cfg: DictConfig) -> None:
         return
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if strategy.startswith("ddp") and "spawn" not in strategy:
-        raise SystemExit(
+        raise UsageError(
             f"Hydra multirun (-m) cannot be combined with trainer.strategy={strategy}: Lightning launches "
             "the other DDP ranks by re-running the command line, which would re-launch the sweep in every "
             "rank. Run one command per configuration (e.g. a loop or a SLURM array), or use "
             "trainer.strategy=ddp_spawn for a sweep."
         )
+
+
+def _choice(group: str) -> str | None:
+    """The option chosen for a config group (e.g. trainer=gpu), when Hydra composed the config."""
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The configured Trainer; asking for a GPU on a machine without one is a usage error that says
+    which option asked for it and how to run on the CPU instead."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        experiment = _choice("experiment")
+        via = f"experiment={experiment} uses trainer={_choice('trainer')}" if experiment else (
+            f"trainer={_choice('trainer')} sets trainer.accelerator={accelerator}")
+        raise UsageError(f"{via}, but this machine has no CUDA GPU; add trainer=cpu to run on the CPU")
+    return hydra.utils.instantiate(cfg.trainer, **kwargs)
+
+
+def without_logger_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[Any]:
+    """Drop the callbacks that only report to a logger (LR monitor) when there is no logger (logger=none)."""
+    if loggers:
+        return callbacks
+    kept = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("logger=none: the learning-rate monitor is left out (it has nothing to report to)")
+    return kept
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -135,9 +175,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     model: IcoTask = instantiate_module(cfg.model)
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=loggers or False
-    )
+    callbacks = without_logger_callbacks(instantiate_list(cfg.get("callbacks")), loggers)
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     results: dict[str, Any] = {"run_dir": str(run_dir), "config": to_primitive(cfg.model)}
     if cfg.train:
         started = time.perf_counter()
@@ -151,12 +190,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     results["best_checkpoint"] = best
-    if best:
-        results["best_score"] = float(trainer.checkpoint_callback.best_model_score)
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    if best and score is not None:  # None without a monitored metric (callbacks=none)
+        results["best_score"] = float(score)
     if cfg.test:
         tested_ckpt = best if cfg.train else resolve_ckpt_path(cfg.ckpt_path, run_dir)
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=tested_ckpt, weights_only=True)
         results["test"] = scalar_metrics({k: v for d in tested for k, v in d.items()})
+    results["absent_classes"] = getattr(model, "absent_classes", {})
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", results)
         if cfg.get("plots") and cfg.test and isinstance(model, SegmentationModule):
@@ -166,6 +207,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- evaluate
+def refuse_other_data(stats: dict[str, Any], datamodule: Any, ckpt_path: str) -> None:
+    """A checkpoint only evaluates on the variables and level it was trained on."""
+    trained = (list(stats.get("variables") or []), stats.get("level"))
+    configured = (list(datamodule.variables), datamodule.level)
+    if trained != configured:
+        raise UsageError(
+            f"{ckpt_path} was trained on variables {trained[0]} at level {trained[1]}, but the data config "
+            f"has {configured[0]} at level {configured[1]}: set data.variables and data.level (or the "
+            "experiment) the checkpoint was trained with")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test-split metrics of a checkpoint: printed table, metrics.json, confusion and map PNGs."""
     L.seed_everything(cfg.seed, workers=True)
@@ -174,13 +226,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_module(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     if model.data_stats and hasattr(datamodule, "set_normalization"):
-        # The training statistics, not ones recomputed from whatever train/ is next to test/;
-        # this also refuses data with other variables or another level than the checkpoint's.
+        # The training statistics, not ones recomputed from whatever train/ is next to test/.
+        refuse_other_data(model.data_stats, datamodule, cfg.ckpt_path)
         datamodule.set_normalization(model.data_stats)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer = build_trainer(cfg, logger=False, callbacks=[])
     tested = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics({k: v for d in tested for k, v in d.items()})
-    results = {"checkpoint": str(cfg.ckpt_path), "test": metrics}
+    results = {"checkpoint": str(cfg.ckpt_path), "test": metrics,
+               "absent_classes": getattr(model, "absent_classes", {})}
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", results)
         print(metrics_table(metrics))

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from icolightning.lightning.base import IcoTask
@@ -50,6 +51,8 @@ class SegmentationModule(IcoTask):
         self.test_metrics = ClimateMetrics(**metric_args)
         self.test_confusion: Tensor | None = None
         """Global [K, K] confusion counts of the last test run (for the evaluation figures)."""
+        self.absent_classes: dict[str, list[str]] = {}
+        """Per stage ("val", "test"): classes missing from the labels of the last epoch, left out of the means."""
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -77,6 +80,11 @@ class SegmentationModule(IcoTask):
 
     def _log_metrics(self, metrics: ClimateMetrics, prefix: str) -> dict[str, Tensor]:
         values = metrics.compute()
+        absent = [name for name, seen in zip(self.class_names, values["present"].tolist(), strict=True) if not seen]
+        self.absent_classes[prefix] = absent
+        if absent:
+            rank_zero_warn(f"{prefix}: no {', '.join(absent)} vertex in the labels; left out of the mean "
+                           "accuracy, mAP and mean IoU (their per-class values are NaN)")
         self.log_dict({f"{prefix}/{key}": value.float() for key, value in values.items() if value.ndim == 0})
         metrics.reset()
         return values

@@ -1,0 +1,104 @@
+"""Console entry points around the Hydra jobs: one line per error, and an exit status by kind.
+
+2: a wrong option or combination (unknown key, bad override, missing value, no GPU for trainer=gpu);
+1: a file that cannot be used (data folder, netCDF file, checkpoint) or an unexpected failure.
+``HYDRA_FULL_ERROR=1`` shows the full traceback instead, as in any Hydra application.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from datamodules.cache import CacheError
+from datamodules.climate import EmptySplitError
+from datamodules.netcdf_io import DataFileError
+from icolightning.errors import CheckpointError, UsageError
+from icolightning.lightning.run import CONFIG_DIR
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+DATA_ERRORS: tuple[type[BaseException], ...] = (DataFileError, EmptySplitError, CheckpointError, CacheError)
+USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, HydraException, OmegaConfBaseException)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and its causes (Hydra wraps errors raised while instantiating a `_target_`)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """(message, exit status) of an error raised by a job or by Hydra's config composition."""
+    chain = list(_chain(exc))
+    for kinds, status in ((DATA_ERRORS, 1), ((UsageError,), 2)):
+        found = next((e for e in chain if isinstance(e, kinds)), None)
+        if found is not None:
+            return one_line(found), status
+    config = next((e for e in chain if isinstance(e, USAGE_ERRORS)), None)
+    if config is not None:
+        cause = config.__cause__
+        detail = f" ({one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
+        return one_line(config) + detail, 2
+    return f"{type(exc).__name__}: {one_line(exc)} (set {FULL_ERROR}=1 for the traceback)", 1
+
+
+def fail(exc: BaseException) -> None:
+    message, status = describe(exc)
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None
+
+
+def hydra_entry(config_name: str, job: Callable[[DictConfig], Any], module: str) -> Callable[[], None]:
+    """A console `main()` that runs `job` under ``@hydra.main`` and reports errors as one line.
+
+    Hydra prints composition errors over several lines and exits 1; with HYDRA_FULL_ERROR set for
+    the duration of composition it raises them instead, and they are reported here. The variable
+    is restored before the job runs, so DDP ranks that Lightning re-launches see the user's value.
+    `module` is the console script's module: Hydra names the job (and its log file) after it.
+    """
+
+    def run_job(cfg: DictConfig) -> Any:
+        if os.environ.get(FULL_ERROR) == "1" and not wanted_full_error:
+            del os.environ[FULL_ERROR]
+        try:
+            return job(cfg)
+        except Exception as exc:
+            if wanted_full_error:
+                raise
+            fail(exc)
+
+    run_job.__module__ = module
+    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run_job)
+    wanted_full_error = False
+
+    def main() -> None:
+        nonlocal wanted_full_error
+        wanted_full_error = os.environ.get(FULL_ERROR) == "1"
+        if wanted_full_error:
+            hydra_main()
+            return
+        os.environ[FULL_ERROR] = "1"
+        try:
+            hydra_main()
+        except Exception as exc:
+            fail(exc)
+        finally:
+            os.environ.pop(FULL_ERROR, None)
+
+    return main

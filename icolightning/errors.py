@@ -1,0 +1,25 @@
+"""Errors that the command-line tools report as one line (see `icolightning.cli.entry`).
+
+Each names what is wrong (the option or the file) and what to do; the exit status follows the
+kind: 2 for a wrong option or combination of options, 1 for a file that cannot be used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A wrong option or combination of options (exit status 2)."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used (exit status 1); the message starts with the file."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that asks to build something outside the allowlist (`icolightning.lightning.trust`)."""
