@@ -33,6 +33,7 @@ import numpy as np
 from datamodules.layout import NUM_CLASSES
 from datamodules.netcdf_io import DataFileError, LatLonFile
 from datamodules.regrid import METHODS, latlon_to_ico
+from icolightning.errors import DataError
 from icolightning.grid import IcoGrid
 
 CACHE_VERSION = 2
@@ -48,7 +49,7 @@ _SLAB_BYTES = 1 << 28
 _TMP_PREFIX = ".tmp-"
 
 
-class CacheError(RuntimeError):
+class CacheError(DataError, RuntimeError):
     """An existing cache entry cannot be used (truncated, corrupt, or from another config)."""
 
 

@@ -29,6 +29,7 @@ from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache
 from datamodules.layout import NUM_CLASSES, VARIABLES
 from datamodules.netcdf_io import list_netcdf
 from datamodules.normalization import Normalization
+from icolightning.errors import DataError
 
 CLIMATENET4: tuple[str, ...] = ("TMQ", "U850", "V850", "PSL")
 ALL16: tuple[str, ...] = tuple(VARIABLES)
@@ -36,7 +37,7 @@ PRESETS: dict[str, tuple[str, ...]] = {"climatenet4": CLIMATENET4, "all16": ALL1
 _OPEN_ENTRIES = 64
 
 
-class EmptySplitError(FileNotFoundError):
+class EmptySplitError(DataError, FileNotFoundError):
     """A split folder is missing or holds no netCDF files."""
 
 

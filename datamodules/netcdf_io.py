@@ -17,6 +17,7 @@ import xarray as xr
 
 from datamodules.layout import NUM_CLASSES
 from datamodules.regrid import latlon_to_ico
+from icolightning.errors import DataError
 
 _LAT_UNITS = {"degreesnorth", "degreenorth", "degreesn", "degreen"}
 _LON_UNITS = {"degreeseast", "degreeeast", "degreese", "degreee"}
@@ -30,7 +31,7 @@ _NOT_LATLON = {
 _DATE_IN_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
 
-class DataFileError(ValueError):
+class DataFileError(DataError, ValueError):
     """A problem with one input file; the message always starts with the file (and variable)."""
 
     def __init__(self, path: str | Path, problem: str, variable: str | None = None) -> None:

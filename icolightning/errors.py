@@ -9,11 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class DataError(Exception):
+    """A data folder, data file or checkpoint that cannot be used (exit status 1)."""
+
+
 class UsageError(Exception):
     """A wrong option or combination of options (exit status 2)."""
 
 
-class CheckpointError(Exception):
+class CheckpointError(DataError):
     """A checkpoint file that cannot be used (exit status 1); the message starts with the file."""
 
     def __init__(self, path: str | Path, problem: str) -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -18,14 +19,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from datamodules.cache import CacheError
-from datamodules.climate import EmptySplitError
-from datamodules.netcdf_io import DataFileError
-from icolightning.errors import CheckpointError, UsageError
-from icolightning.lightning.run import CONFIG_DIR
+from icolightning.config_tree import CONFIG_DIR
+from icolightning.errors import DataError, UsageError
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
-DATA_ERRORS: tuple[type[BaseException], ...] = (DataFileError, EmptySplitError, CheckpointError, CacheError)
 USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, HydraException, OmegaConfBaseException)
 
 
@@ -46,14 +43,14 @@ def one_line(exc: BaseException) -> str:
 def describe(exc: BaseException) -> tuple[str, int]:
     """(message, exit status) of an error raised by a job or by Hydra's config composition."""
     chain = list(_chain(exc))
-    for kinds, status in ((DATA_ERRORS, 1), ((UsageError,), 2)):
+    for kinds, status in ((DataError, 1), (UsageError, 2)):
         found = next((e for e in chain if isinstance(e, kinds)), None)
         if found is not None:
             return one_line(found), status
     config = next((e for e in chain if isinstance(e, USAGE_ERRORS)), None)
     if config is not None:
         cause = config.__cause__
-        detail = f" ({one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
+        detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, OmegaConfBaseException) else ""
         return one_line(config) + detail, 2
     return f"{type(exc).__name__}: {one_line(exc)} (set {FULL_ERROR}=1 for the traceback)", 1
 
@@ -64,8 +61,16 @@ def fail(exc: BaseException) -> None:
     raise SystemExit(status) from None
 
 
-def hydra_entry(config_name: str, job: Callable[[DictConfig], Any], module: str) -> Callable[[], None]:
-    """A console `main()` that runs `job` under ``@hydra.main`` and reports errors as one line.
+def load_job(path: str) -> Callable[[DictConfig], Any]:
+    """"module:function" → the function, imported only when a job runs (torch and Lightning take
+    seconds to import; a mistyped option is reported without them)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def hydra_entry(config_name: str, job: str, module: str) -> Callable[[], None]:
+    """A console `main()` that runs `job` ("module:function") under ``@hydra.main`` and reports
+    errors as one line.
 
     Hydra prints composition errors over several lines and exits 1; with HYDRA_FULL_ERROR set for
     the duration of composition it raises them instead, and they are reported here. The variable
@@ -77,7 +82,7 @@ def hydra_entry(config_name: str, job: Callable[[DictConfig], Any], module: str)
         if os.environ.get(FULL_ERROR) == "1" and not wanted_full_error:
             del os.environ[FULL_ERROR]
         try:
-            return job(cfg)
+            return load_job(job)(cfg)
         except Exception as exc:
             if wanted_full_error:
                 raise

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
-from icolightning.lightning.run import evaluate
 
-main = hydra_entry("eval", evaluate, __name__)
+main = hydra_entry("eval", "icolightning.lightning.run:evaluate", __name__)
 
 if __name__ == "__main__":
     main()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
-from icolightning.lightning.inference import predict
 
-main = hydra_entry("predict", predict, __name__)
+main = hydra_entry("predict", "icolightning.lightning.inference:predict", __name__)
 
 if __name__ == "__main__":
     main()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
-from icolightning.lightning.run import train
 
-main = hydra_entry("train", train, __name__)
+main = hydra_entry("train", "icolightning.lightning.run:train", __name__)
 
 if __name__ == "__main__":
     main()

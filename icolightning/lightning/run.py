@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from icolightning.config_tree import CONFIG_DIR as CONFIG_DIR  # re-exported: tests and scripts compose from it
 from icolightning.errors import UsageError
 from icolightning.grid import IcoGrid
 from icolightning.lightning.base import IcoTask, load_module
@@ -28,18 +29,6 @@ from icolightning.plots import save_confusion_matrix, save_mask_maps
 
 log = logging.getLogger(__name__)
 
-
-def find_config_dir() -> str:
-    """The Hydra config tree: conf/ inside the installed package (a wheel ships the repository's
-    top-level conf/ as icolightning/conf), else conf/ at the top of the checkout (editable install)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"no Hydra config tree (conf/train.yaml) in {package} or {package.parent}")
-
-
-CONFIG_DIR = find_config_dir()
 
 
 # ---------------------------------------------------------------------------------- guards and paths
@@ -221,9 +210,9 @@ def refuse_other_data(stats: dict[str, Any], datamodule: Any, ckpt_path: str) ->
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test-split metrics of a checkpoint: printed table, metrics.json, confusion and map PNGs."""
     L.seed_everything(cfg.seed, workers=True)
+    model = load_module(cfg.ckpt_path)
     ensure_synthetic_data(cfg)
     run_dir = output_dir(cfg)
-    model = load_module(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     if model.data_stats and hasattr(datamodule, "set_normalization"):
         # The training statistics, not ones recomputed from whatever train/ is next to test/.

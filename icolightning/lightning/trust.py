@@ -3,13 +3,15 @@
 A checkpoint loads with ``torch.load(weights_only=True)``, so unpickling runs no code; but the task
 class it names and the ``_target_`` entries of its hyper-parameters (network, optimiser, scheduler)
 are imported and called. Only an allowlist may be: this project's task modules and networks, and
-torch's optimisers and LR schedulers. Everything is checked, nested arguments included, before
+torch's optimisers and LR schedulers (and the packages of your own networks listed in the
+environment variable ICOLIGHTNING_TRUSTED_MODULES). Everything is checked, nested arguments included, before
 anything is built; a refusal names the target and the file.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ ALLOWED_TARGETS: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
     (("torch.optim",), (optim.Optimizer, *_SCHEDULERS)),
 )
 """(packages, base classes): a `_target_` must be a subclass of one of the bases defined in one of the packages."""
+TRUSTED_MODULES_ENV = "ICOLIGHTNING_TRUSTED_MODULES"
+"""Comma-separated packages of your own networks (nn.Module subclasses) that checkpoints may name too."""
 TASK_PACKAGE = "icolightning.lightning"
 # Lightning imports and calls a function named by this hyper-parameter when it is present.
 _REFUSED_KEYS = ("_instantiator",)
@@ -60,9 +64,15 @@ def _targets(value: Any) -> Iterator[Any]:
             yield from _targets(item)
 
 
+def _rules() -> tuple[tuple[tuple[str, ...], tuple[type, ...]], ...]:
+    """The allowlist plus the user's own network packages, named in the environment (not in a checkpoint)."""
+    extra = tuple(p.strip() for p in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if p.strip())
+    return (*ALLOWED_TARGETS, (extra, (nn.Module,))) if extra else ALLOWED_TARGETS
+
+
 def check_target(target: Any, path: str | Path) -> None:
     """Raise UntrustedCheckpointError unless `target` names an allowed network, optimiser or scheduler."""
-    if isinstance(target, str) and any(_allowed_class(target, *rule) for rule in ALLOWED_TARGETS):
+    if isinstance(target, str) and any(_allowed_class(target, *rule) for rule in _rules()):
         return
     raise UntrustedCheckpointError(
         path, f"refusing to build {target!r}: a checkpoint may only name this project's networks and tasks "
