@@ -211,12 +211,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test-split metrics of a checkpoint: printed table, metrics.json, confusion and map PNGs."""
     L.seed_everything(cfg.seed, workers=True)
     model = load_module(cfg.ckpt_path)
-    ensure_synthetic_data(cfg)
     run_dir = output_dir(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
-    if model.data_stats and hasattr(datamodule, "set_normalization"):
-        # The training statistics, not ones recomputed from whatever train/ is next to test/.
+    has_stats = bool(model.data_stats) and hasattr(datamodule, "set_normalization")
+    if has_stats:
         refuse_other_data(model.data_stats, datamodule, cfg.ckpt_path)
+    ensure_synthetic_data(cfg)
+    if has_stats:
+        # The training statistics, not ones recomputed from whatever train/ is next to test/.
         datamodule.set_normalization(model.data_stats)
     trainer = build_trainer(cfg, logger=False, callbacks=[])
     tested = trainer.test(model, datamodule=datamodule)
