@@ -84,6 +84,25 @@ def test_perfect_and_absent_classes():
     assert np.isnan(got["acc_AR"]) and np.isnan(got["ap_AR"])
 
 
+def test_absent_classes_are_left_out_of_the_means_never_nan():
+    """A validation split without AR: the means average the classes present, and say which are not."""
+    batches = _fake_batches(seed=4)
+    kept = [(p, t.masked_fill(t == 2, 0)) for p, t in batches]  # AR vertices relabelled BG
+    probs, target = _flatten(kept)
+    got = _run(kept)
+    assert got["present"] == [True, True, False]
+    assert np.isnan(got["acc_AR"]) and np.isnan(got["ap_AR"])
+    assert got["mean_acc"] == pytest.approx((got["acc_BG"] + got["acc_TC"]) / 2, abs=1e-12)
+    assert got["mAP"] == pytest.approx(average_precision_score(target == 1, probs[:, 1]), abs=5e-3)
+    assert got["mAP"] == pytest.approx(got["ap_TC"], abs=1e-12)
+    # AR is still predicted somewhere, so its IoU is a defined 0 and counts in the mean IoU.
+    assert got["iou_AR"] == 0.0
+    assert got["mean_iou"] == pytest.approx((got["iou_BG"] + got["iou_TC"]) / 3, abs=1e-12)
+    only_bg = _run([(torch.tensor([[[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]]), torch.zeros(1, 2).long())])
+    assert only_bg["mAP"] == 0.0 and only_bg["mean_acc"] == 1.0  # no event class at all: 0, not NaN
+    assert only_bg["mean_iou"] == 1.0
+
+
 def test_memory_is_independent_of_dataset_size():
     metric = ClimateMetrics()
     sizes = []

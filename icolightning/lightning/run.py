@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
 from icolightning.config_tree import CONFIG_DIR as CONFIG_DIR  # re-exported: tests and scripts compose from it
@@ -104,14 +105,30 @@ def ensure_synthetic_data(cfg: DictConfig) -> None:
     hydra.utils.instantiate(spec, str(data_dir))
 
 
-def save_final_checkpoint(trainer: L.Trainer) -> str | None:
-    """Write the end-of-fit state as last.ckpt: the step-interval callback only saves every N steps."""
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """Where the checkpoint callbacks keep last.ckpt (None without such a callback)."""
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "save_last", False) and callback.dirpath:
-            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-            trainer.save_checkpoint(path)
-            return str(path)
+            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return None
+
+
+def fitted_in_spawned_processes(trainer: L.Trainer) -> bool:
+    """trainer.strategy=ddp_spawn fits in spawned processes; this one gets the weights and metrics back but
+    not the loop state (its global_step stays 0), so it must not write last.ckpt over theirs."""
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> tuple[str | None, int]:
+    """Write the end-of-fit state as last.ckpt (the step-interval callback only saves every N steps);
+    returns its path and global step (under ddp_spawn: the one rank 0 wrote)."""
+    path = last_checkpoint_path(trainer)
+    if path is None:
+        return None, trainer.global_step
+    if fitted_in_spawned_processes(trainer):
+        return str(path), int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    trainer.save_checkpoint(path)
+    return str(path), trainer.global_step
 
 
 # ---------------------------------------------------------------------------------- results
@@ -172,8 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
                     weights_only=True)
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
-        results["last_checkpoint"] = save_final_checkpoint(trainer)
-        results["global_step"] = trainer.global_step
+        results["last_checkpoint"], results["global_step"] = save_final_checkpoint(trainer)
         results["epochs"] = trainer.current_epoch
         metrics = trainer.callback_metrics
         results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
