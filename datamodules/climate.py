@@ -29,6 +29,7 @@ from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache
 from datamodules.layout import NUM_CLASSES, VARIABLES
 from datamodules.netcdf_io import list_netcdf
 from datamodules.normalization import Normalization
+from datamodules.samplers import evaluation_sampler
 from icolightning.errors import DataError
 
 CLIMATENET4: tuple[str, ...] = ("TMQ", "U850", "V850", "PSL")
@@ -300,6 +301,7 @@ class ClimateDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset, name),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

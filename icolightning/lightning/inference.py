@@ -1,19 +1,27 @@
 """The job behind `icolightning-predict`: lat-lon netCDF in, masks and probabilities out on the
-input's own grid (reading, regridding and writing are the data pipeline's `datamodules.predict`)."""
+input's own grid (reading, regridding and writing are the data pipeline's `datamodules.predict`).
+
+The files are the items of a Lightning predict loop, run by the Trainer of the `trainer` config
+group: one process by default, or DDP ranks (`trainer=ddp_cpu`, `trainer=ddp`) that Lightning
+launches. Rank r of N predicts files r, r + N, ..., so each output is written by one rank only.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
+import hydra
+import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from datamodules.netcdf_io import DataFileError, list_netcdf
 from datamodules.predict import PredictionSource, PredictionWriter
-from icolightning.errors import CheckpointError, UsageError
+from datamodules.samplers import UnpaddedDistributedSampler
+from icolightning.errors import CheckpointError
 from icolightning.grid import IcoGrid
 from icolightning.lightning.base import load_module
 from icolightning.lightning.segmentation import SegmentationModule
@@ -30,14 +38,6 @@ def input_files(path: str | Path) -> list[Path]:
     return files
 
 
-def pick_device(accelerator: str) -> torch.device:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if accelerator in ("gpu", "cuda"):
-        raise UsageError(f"accelerator={accelerator} but this machine has no CUDA GPU; use accelerator=cpu")
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def class_probabilities(model: SegmentationModule, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[T, C, N] normalised inputs → [T, K, N] softmax probabilities, computed in batches."""
@@ -45,43 +45,69 @@ def class_probabilities(model: SegmentationModule, x: torch.Tensor, batch_size: 
     return torch.cat(chunks)
 
 
-def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every input file; returns {input: output} paths."""
-    model = load_module(cfg.ckpt_path)
-    if not isinstance(model, SegmentationModule) or not model.data_stats:
-        raise CheckpointError(cfg.ckpt_path, "not a climate segmentation checkpoint with normalisation statistics")
-    model.to(pick_device(cfg.accelerator)).eval()
-    out_dir = Path(cfg.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def predict_file(model: SegmentationModule, path: Path, out_dir: Path, batch_size: int, slab_steps: int,
+                 plots: bool) -> Path:
+    """Predict one file slab by slab (memory does not grow with its number of time steps)."""
     stats = model.data_stats
     variables = list(stats["variables"])
     channel = variables.index("TMQ") if "TMQ" in variables else 0
-    latlon = IcoGrid(int(stats["level"])).latlon
-    written = {}
-    for path in input_files(cfg.input):
-        target = out_dir / f"{path.stem}_prediction.nc"
-        written[str(path)] = str(predict_file(model, path, target, cfg, latlon, channel))
-    return written
-
-
-def predict_file(model: SegmentationModule, path: Path, target: Path, cfg: DictConfig, latlon: np.ndarray,
-                 channel: int) -> Path:
-    """Predict one file slab by slab (memory does not grow with its number of time steps)."""
+    target = out_dir / f"{path.stem}_prediction.nc"
     counts = np.zeros(len(model.class_names), dtype=np.int64)
     nan_vertices: dict[str, int] = {}
-    with PredictionSource(path, model.data_stats) as source, PredictionWriter(target, source.grid) as writer:
-        for start, inputs in source.slabs(cfg.slab_steps):
-            probs = class_probabilities(model, inputs.x, cfg.batch_size)
+    with PredictionSource(path, stats) as source, PredictionWriter(target, source.grid) as writer:
+        for start, inputs in source.slabs(slab_steps):
+            probs = class_probabilities(model, inputs.x, batch_size)
             labels = probs.argmax(1)
             writer.write(start, labels, probs)
             counts += np.bincount(labels.reshape(-1).numpy(), minlength=len(counts))
             for name, missing in inputs.nan_vertices.items():
                 nan_vertices[name] = nan_vertices.get(name, 0) + missing
-            if cfg.plots and start == 0:
-                save_mask_maps(target.with_suffix(".png"), latlon, labels[:1].numpy(), model.class_names,
-                               background=inputs.x[:1, channel].numpy(),
+            if plots and start == 0:
+                save_mask_maps(target.with_suffix(".png"), IcoGrid(int(stats["level"])).latlon, labels[:1].numpy(),
+                               model.class_names, background=inputs.x[:1, channel].numpy(),
                                title=f"{path.name}: predicted classes (first time step)")
     if any(nan_vertices.values()):
         log.warning("%s: vertices without data (set to the training mean): %s", path, nan_vertices)
     log.info("%s -> %s (%d time steps, classes %s)", path, target, source.grid.num_times, counts.tolist())
     return target
+
+
+def _only_item(items: list[Path]) -> Path:
+    return items[0]
+
+
+class FilePredictor(L.LightningModule):
+    """One input file per predict step, so that the Trainer launches the ranks and places the model.
+
+    Its loader hands rank r of N the files r::N (`UnpaddedDistributedSampler`: no file twice,
+    none left out); Lightning keeps a `DistributedSampler` it is given instead of adding its own.
+    """
+
+    def __init__(self, model: SegmentationModule, files: list[Path], out_dir: Path, batch_size: int,
+                 slab_steps: int, plots: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.files, self.out_dir, self.plots = files, out_dir, plots
+        self.batch_size, self.slab_steps = batch_size, slab_steps
+
+    def predict_dataloader(self) -> DataLoader:
+        sampler = UnpaddedDistributedSampler(self.files, num_replicas=self.trainer.world_size, rank=self.global_rank)
+        return DataLoader(self.files, batch_size=1, sampler=sampler, collate_fn=_only_item)
+
+    def predict_step(self, path: Path, batch_idx: int) -> tuple[str, str]:
+        target = predict_file(self.model, path, self.out_dir, self.batch_size, self.slab_steps, self.plots)
+        return str(path), str(target)
+
+
+def predict(cfg: DictConfig) -> dict[str, str]:
+    """Predict every input file (this rank's share under DDP); returns {input: output} paths."""
+    model = load_module(cfg.ckpt_path)
+    if not isinstance(model, SegmentationModule) or not model.data_stats:
+        raise CheckpointError(cfg.ckpt_path, "not a climate segmentation checkpoint with normalisation statistics")
+    files = input_files(cfg.input)
+    out_dir = Path(cfg.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    predictor = FilePredictor(model, files, out_dir, cfg.batch_size, cfg.slab_steps, cfg.plots)
+    written = trainer.predict(predictor, return_predictions=True) or []
+    return dict(written)

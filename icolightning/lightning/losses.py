@@ -1,10 +1,12 @@
-"""Segmentation losses on vertex logits [B, K, N] and labels [B, N]."""
+"""Segmentation losses on vertex logits [B, K, N] and labels [B, N], per batch for training and
+over a whole split (`SplitLoss`) for validation and test."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import Metric
 
 LOSSES = ("ce", "weighted_ce", "jaccard", "dice")
 
@@ -31,16 +33,19 @@ def _soft_overlap(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tenso
     return (probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)
 
 
+def overlap_loss(name: str, inter: Tensor, p: Tensor, t: Tensor, smooth: float = 1.0) -> Tensor:
+    """"jaccard": 1 − mean soft IoU (ClimateNet's Jaccard loss); "dice": 1 − mean soft Dice."""
+    if name == "jaccard":
+        return 1.0 - ((inter + smooth) / (p + t - inter + smooth)).mean()
+    return 1.0 - ((2 * inter + smooth) / (p + t + smooth)).mean()
+
+
 def soft_jaccard_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """1 − mean over classes of the soft IoU (ClimateNet's Jaccard loss)."""
-    inter, p, t = _soft_overlap(logits, target)
-    return 1.0 - ((inter + smooth) / (p + t - inter + smooth)).mean()
+    return overlap_loss("jaccard", *_soft_overlap(logits, target), smooth)
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """1 − mean over classes of the soft Dice coefficient."""
-    inter, p, t = _soft_overlap(logits, target)
-    return 1.0 - ((2 * inter + smooth) / (p + t + smooth)).mean()
+    return overlap_loss("dice", *_soft_overlap(logits, target), smooth)
 
 
 def segmentation_loss(name: str, logits: Tensor, target: Tensor, class_weights: Tensor | None = None
@@ -55,3 +60,41 @@ def segmentation_loss(name: str, logits: Tensor, target: Tensor, class_weights: 
     if name == "dice":
         return soft_dice_loss(logits, target)
     raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+
+
+class SplitLoss(Metric):
+    """`segmentation_loss` over a whole evaluation split, independent of how it is batched.
+
+    A mean of per-batch losses depends on the batch composition (weighted cross-entropy divides
+    by each batch's own weight sum; Jaccard and Dice are ratios), and so on the number of DDP
+    ranks. This keeps the sums behind the loss instead, in float64, synced by summation: the
+    cross-entropies divide Σ w·CE by Σ w over every vertex of the split, and Jaccard and Dice use
+    the soft overlaps summed over the split. N processes then give the one-process value.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = False
+
+    def __init__(self, name: str, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+        self.name = name
+        self.add_state("weighted_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("overlaps", torch.zeros(3, num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> None:
+        if self.name in ("jaccard", "dice"):
+            self.overlaps += torch.stack(_soft_overlap(logits.detach(), target)).double()
+            return
+        weight = class_weights if self.name == "weighted_ce" else None
+        per_vertex = F.cross_entropy(logits.detach().float(), target, weight=weight, reduction="none")
+        self.weighted_sum += per_vertex.double().sum()
+        self.weight_sum += weight[target].double().sum() if weight is not None else target.numel()
+
+    def compute(self) -> Tensor:
+        if self.name in ("jaccard", "dice"):
+            return overlap_loss(self.name, *self.overlaps)
+        return self.weighted_sum / self.weight_sum

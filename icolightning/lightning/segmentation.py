@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from icolightning.lightning.base import IcoTask
-from icolightning.lightning.losses import LOSSES, inverse_frequency_weights, segmentation_loss
+from icolightning.lightning.losses import LOSSES, SplitLoss, inverse_frequency_weights, segmentation_loss
 from icolightning.metrics import CLIMATE_CLASSES, EVENT_CLASSES, ClimateMetrics
 
 
@@ -49,6 +49,8 @@ class SegmentationModule(IcoTask):
                        "ap_bins": ap_bins}
         self.val_metrics = ClimateMetrics(**metric_args)
         self.test_metrics = ClimateMetrics(**metric_args)
+        self.val_loss = SplitLoss(loss, len(self.class_names))
+        self.test_loss = SplitLoss(loss, len(self.class_names))
         self.test_confusion: Tensor | None = None
         """Global [K, K] confusion counts of the last test run (for the evaluation figures)."""
         self.absent_classes: dict[str, list[str]] = {}
@@ -72,10 +74,12 @@ class SegmentationModule(IcoTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: ClimateMetrics, prefix: str) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: ClimateMetrics, loss: SplitLoss, prefix: str
+                  ) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{prefix}/loss", self._loss(logits, y), sync_dist=True, batch_size=x.shape[0])
+        loss.update(logits, y, self.class_weights)
+        self.log(f"{prefix}/loss", loss, batch_size=x.shape[0])
         metrics.update(logits.float().softmax(1), y)
 
     def _log_metrics(self, metrics: ClimateMetrics, prefix: str) -> dict[str, Tensor]:
@@ -90,13 +94,13 @@ class SegmentationModule(IcoTask):
         return values
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics, self.val_loss, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, self.test_loss, "test")
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self._log_metrics(self.test_metrics, "test")["confusion"].cpu()

@@ -1,0 +1,56 @@
+"""Splitting evaluation data over DDP ranks so that every sample is seen exactly once.
+
+torch's `DistributedSampler` (what Lightning injects by default) pads the split with repeated
+samples until every rank has the same count, so metrics from N processes differ from one
+process whenever the split size is not a multiple of N. `UnpaddedDistributedSampler` gives
+rank r the indices r, r + N, r + 2N, ... and nothing else; ranks may differ by one sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r of N reads indices r::N in order: no padding, no shuffling, no duplicates.
+
+    It is a `DistributedSampler`, so Lightning keeps it instead of injecting its padded one.
+    Safe for evaluation and prediction, where ranks do not all-reduce per batch; not for
+    training, where DDP expects the same number of steps on every rank.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluation_sampler(dataset: Sized, name: str = "evaluation", rank: int | None = None,
+                       world: int | None = None) -> UnpaddedDistributedSampler | None:
+    """The sampler of a validation/test loader: unpadded under DDP, None (sequential) otherwise.
+
+    Rank and world size default to the running process group's. Every rank needs at least one
+    sample: DDP broadcasts buffers at the first forward after a training step, so a rank without
+    a batch would leave the others waiting.
+    """
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    if world == 1:
+        return None
+    if len(dataset) < world:
+        raise ValueError(f"the {name} split has {len(dataset)} samples, fewer than the {world} DDP ranks; "
+                         "use fewer devices or a larger split")
+    return UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank)
