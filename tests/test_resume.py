@@ -1,13 +1,12 @@
-"""Kill training with SIGKILL in the middle of an epoch, resume with ckpt_path=last, and end with
-exactly the weights and metrics of an uninterrupted run.
+"""Kill training with SIGKILL, resume with ckpt_path=last, and end with exactly the weights and
+metrics of an uninterrupted run; resume with another length or after train/ changed.
 
-Checkpoints are written every 5 steps (debug=tiny), which is one epoch of the tiny set, so the
-newest checkpoint before the kill at step 7 is the epoch boundary at step 5. What a resume from
-a checkpoint written *inside* an epoch cannot restore: ClimateDataModule's training DataLoader has
-no `state_dict`, so Lightning restarts that epoch's iterator and draws the remaining batches from
-a fresh shuffle (it warns about it); the weights then differ from an uninterrupted run although
-the step and epoch counts agree. Everything else is restored: weights, optimiser and scheduler,
-loop counters, callback states and (RNGStateCheckpoint) the random number generators.
+The tiny set has 5 training steps per epoch. With checkpoints every 5 steps (debug=tiny) the newest
+checkpoint before a kill at step 7 is the epoch boundary (step 5); with checkpoints every 3 steps
+it is step 6, inside the second epoch. Both resume bit-identically: the training loader is a
+torchdata StatefulDataLoader whose position and shuffle order Lightning stores in the checkpoint,
+and RNGStateCheckpoint restores the generators; weights, optimiser, scheduler, loop counters and
+callback states are Lightning's own.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 BIN = Path(sys.executable).parent
@@ -50,29 +50,39 @@ def _final(root: Path, name: str) -> tuple[dict, dict]:
     return state, json.loads((run / "metrics.json").read_text())
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    full = _train(tmp_path, "full")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted 3-epoch run that the resumed runs are compared with."""
+    root = tmp_path_factory.mktemp("resume")
+    full = _train(root, "full")
     assert full.returncode == 0, full.stderr[-3000:]
+    return root
 
-    killed = _train(tmp_path, "resumed", "+callbacks.kill._target_=test_resume.KillAtStep",
+
+@pytest.mark.parametrize(("every", "saved_at"), [(5, 5), (3, 6)], ids=["epoch_boundary", "mid_epoch"])
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, every, saved_at):
+    name = f"resumed_every{every}"
+    interval = f"callbacks.last.every_n_train_steps={every}"
+    killed = _train(reference, name, interval, "+callbacks.kill._target_=test_resume.KillAtStep",
                     "+callbacks.kill.step=7")
     assert killed.returncode == -signal.SIGKILL
-    run = tmp_path / "outputs" / "train" / "resumed"
+    run = reference / "outputs" / "train" / name
     assert not (run / "metrics.json").exists()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_at
 
-    resumed = _train(tmp_path, "resumed", "ckpt_path=last")
+    resumed = _train(reference, name, interval, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
+    assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's mid-epoch warning
 
-    reference, reference_metrics = _final(tmp_path, "full")
-    state, metrics = _final(tmp_path, "resumed")
-    assert state["global_step"] == reference["global_step"] == 15
-    assert state["state_dict"].keys() == reference["state_dict"].keys()
-    for key, value in reference["state_dict"].items():
+    expected, expected_metrics = _final(reference, "full")
+    state, metrics = _final(reference, name)
+    assert state["global_step"] == expected["global_step"] == 15
+    assert state["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
         assert torch.equal(state["state_dict"][key], value), key
-    assert metrics["val"] == reference_metrics["val"]
-    assert metrics["best_score"] == reference_metrics["best_score"]
+    assert metrics["val"] == expected_metrics["val"]
+    assert metrics["best_score"] == expected_metrics["best_score"]
 
 
 def test_one_last_checkpoint_per_run(tmp_path):
