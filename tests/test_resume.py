@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import xarray as xr
 
 BIN = Path(sys.executable).parent
 
@@ -36,8 +37,8 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _train(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    args = ["debug=tiny", f"name={name}", f"paths.root_dir={root}", "trainer.max_epochs=3",
+def _train(root: Path, name: str, *extra: str, epochs: int = 3) -> subprocess.CompletedProcess:
+    args = ["debug=tiny", f"name={name}", f"paths.root_dir={root}", f"trainer.max_epochs={epochs}",
             "trainer.deterministic=true", "test=false", "plots=false", *extra]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     return subprocess.run([str(BIN / "icolightning-train"), *args], cwd=root, env=env, capture_output=True,
@@ -91,3 +92,46 @@ def test_one_last_checkpoint_per_run(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "outputs" / "train" / "single" / "checkpoints").iterdir())
     assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+
+
+def _one_cycle_lr(max_lr: float, total_steps: int, steps: int) -> float:
+    """The learning rate of a fresh OneCycleLR (debug=tiny's settings) after `steps` steps."""
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.2)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_longer_resume_extends_the_schedule_and_keeps_the_checkpoint_statistics(tmp_path):
+    """2 epochs, then train/ changes and the run resumes with 3 epochs: OneCycleLR is rebuilt for 15
+    steps at step 10 (no `Tried to step 11 times`), and the model keeps the first run's statistics."""
+    first = _train(tmp_path, "grow", epochs=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "outputs" / "train" / "grow"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["lr_schedulers"][0]["total_steps"] == saved["global_step"] == 10
+
+    source = sorted((tmp_path / "data" / "synthetic_climatenet" / "train").glob("*.nc"))[0]
+    with xr.open_dataset(source) as ds:
+        changed = ds.load().assign(TMQ=ds.TMQ * 3 + 10)
+    changed.to_netcdf(source)  # new size/mtime: the cache regrids it and the statistics change
+
+    resumed = _train(tmp_path, "grow", "ckpt_path=last", epochs=3)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 15
+    assert state["lr_schedulers"][0]["total_steps"] == state["lr_schedulers"][0]["last_epoch"] == 15
+    final_lr = state["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert final_lr == pytest.approx(_one_cycle_lr(3e-3, 15, 15), rel=1e-9)
+    assert state["hyper_parameters"]["data_stats"] == saved["hyper_parameters"]["data_stats"]
+    assert torch.equal(state["state_dict"]["class_weights"], saved["state_dict"]["class_weights"])
+
+
+def test_fixed_schedule_shorter_than_the_run_is_refused_before_the_first_step(tmp_path):
+    refused = _train(tmp_path, "short", "+model.scheduler.total_steps=3", epochs=1)
+    assert refused.returncode != 0
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert "model.scheduler.total_steps=3 ends before the run does (5 steps)" in last_line, refused.stderr[-2000:]
+    assert not (tmp_path / "outputs" / "train" / "short" / "checkpoints").exists()
