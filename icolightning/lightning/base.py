@@ -4,7 +4,6 @@ with ``torch.load(weights_only=True)`` whether or not either side was compiled."
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,12 @@ from torch import Tensor, nn
 
 from icolightning.errors import CheckpointError
 from icolightning.lightning.config import to_primitive
+from icolightning.lightning.schedule import build_scheduler, extend_scheduler
 from icolightning.lightning.trust import check_checkpoint
 from icolightning.nn.norm import set_batchnorm_sync
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
 COMPILE_PREFIX = "_orig_mod."
-# Arguments a scheduler needs for its horizon, filled in from the trainer when the config omits them.
-_HORIZON_ARGS = ("total_steps", "T_max", "total_iters")
 
 
 def strip_compile_prefix(state_dict: Mapping[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
@@ -47,6 +45,28 @@ def datamodule_stats(datamodule: Any) -> dict[str, Any] | None:
     return to_primitive(stats.to_dict() if hasattr(stats, "to_dict") else dict(stats))
 
 
+def restore_pending_loader_states(trainer: L.Trainer) -> None:
+    """Load the training loader states of the checkpoint that Lightning 2.6 left unloaded.
+
+    `configure_optimizers` reads `trainer.estimated_stepping_batches`, which builds the training
+    loader before the checkpoint is restored; Lightning then stashes the loader states and never
+    loads them (Lightning-AI/pytorch-lightning#20550), so a mid-epoch resume would restart the
+    epoch's data. Here, before the first step, the states are loaded and the iterator re-created
+    for the restored epoch (samplers with `set_epoch` learn it first: the re-created iterator
+    fast-forwards through that epoch's order at once).
+    """
+    loop = trainer.fit_loop
+    if not getattr(loop, "_combined_loader_states_to_load", None) or loop._combined_loader is None:
+        return
+    for loader in loop._combined_loader.flattened:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(loop.epoch_progress.current.processed)
+    loop._load_combined_loader_states()
+    iter(loop._data_fetcher)
+
+
 class IcoTask(L.LightningModule):
     """Base LightningModule around any `nn.Module` network.
 
@@ -55,10 +75,12 @@ class IcoTask(L.LightningModule):
             rebuilt at load time) or an already built module (then pass it again when loading).
         optimizer: config dict of a `torch.optim` class (parameters are passed in here).
         scheduler: optional config dict of an LR scheduler plus `interval` ("step" or "epoch")
-            and `monitor`; `total_steps` / `T_max` / `total_iters` default to the training horizon.
+            and `monitor`; `total_steps` / `T_max` / `total_iters` default to the training horizon
+            and follow it when a resumed run is longer or shorter (see `icolightning.lightning.schedule`).
         compile: compile the network with `nn.Module.compile` (True, or a backend name).
         data_stats: normalisation statistics and other facts about the training data that
-            eval/predict need (filled in from the datamodule when fitting starts).
+            eval/predict need (filled in from the datamodule when fitting starts; a resume keeps
+            the checkpoint's).
     """
 
     def __init__(
@@ -105,22 +127,33 @@ class IcoTask(L.LightningModule):
         return dict(self.hparams.get("data_stats") or {})
 
     # ------------------------------------------------------------------ optimisation
+    def _scheduler_config(self) -> tuple[dict[str, Any], str, str]:
+        """The scheduler's constructor config, its interval and monitored metric."""
+        cfg = dict(self.hparams.scheduler)
+        return cfg, cfg.pop("interval", "epoch"), cfg.pop("monitor", "val/loss")
+
+    def _schedule_horizon(self, interval: str) -> int:
+        return int(self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs)
+
     def configure_optimizers(self) -> Any:
         cfg = dict(self.hparams.optimizer or DEFAULT_OPTIMIZER)
         optimizer = hydra.utils.instantiate(cfg, params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        cfg = dict(self.hparams.scheduler)
-        interval = cfg.pop("interval", "epoch")
-        monitor = cfg.pop("monitor", "val/loss")
-        params = inspect.signature(hydra.utils.get_class(cfg["_target_"])).parameters
-        horizon = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
-        for name in _HORIZON_ARGS:
-            if name in params and name not in cfg:
-                cfg[name] = int(horizon)
-        scheduler = hydra.utils.instantiate(cfg, optimizer=optimizer)
+        cfg, interval, monitor = self._scheduler_config()
+        scheduler = build_scheduler(cfg, optimizer, self._schedule_horizon(interval), f"{interval}s")
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
+
+    def on_train_start(self) -> None:
+        """After a resume: the training loader's saved position, and the restored schedule stretched
+        (or shrunk) to this run's horizon."""
+        restore_pending_loader_states(self.trainer)
+        if not self.hparams.scheduler:
+            return
+        cfg, interval, _ = self._scheduler_config()
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler = extend_scheduler(config.scheduler, cfg, self._schedule_horizon(interval))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -128,7 +161,12 @@ class IcoTask(L.LightningModule):
         checkpoint["icolightning_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Accept compiled/uncompiled weights; on a resume keep the checkpoint's data statistics
+        (`setup` filled in ones recomputed from whatever train/ holds now, before the restore)."""
         checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"], set(self.state_dict()))
+        stats = checkpoint.get("hyper_parameters", {}).get("data_stats")
+        if stats:
+            self.hparams["data_stats"] = stats
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:

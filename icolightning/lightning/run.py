@@ -80,7 +80,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """"last" → the newest of the run's last*.ckpt and SLURM pre-emption hpc_ckpt_*.ckpt (None when
+    """"last" → the newest of the run's last*.ckpt and pre-emption/requeue hpc_ckpt_*.ckpt (None when
     the run has none yet, so the same command starts and resumes a job); paths pass through."""
     if ckpt_path != "last":
         return ckpt_path
@@ -91,6 +91,23 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
     log.info("resuming from %s", newest)
     return str(newest)
+
+
+def agreed_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume from, chosen by rank 0 and used by every rank.
+
+    Ranks started by the cluster (srun, torchrun) resolve at the same time, possibly on nodes that
+    see a shared file system differently, so they join the process group now (fit would do it first
+    thing) and take rank 0's choice. Ranks that Lightning launches itself start after rank 0 has
+    resolved, on its machine, and resolve the same way.
+    """
+    strategy = trainer.strategy
+    environment = getattr(strategy, "cluster_environment", None)
+    if trainer.world_size == 1 or environment is None or not environment.creates_processes_externally:
+        return resolve_ckpt_path(ckpt_path, run_dir)
+    strategy.setup_environment()
+    choice = resolve_ckpt_path(ckpt_path, run_dir) if trainer.is_global_zero else None
+    return strategy.broadcast(choice, src=0)
 
 
 def ensure_synthetic_data(cfg: DictConfig) -> None:
@@ -186,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"run_dir": str(run_dir), "config": to_primitive(cfg.model)}
     if cfg.train:
         started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
+        trainer.fit(model, datamodule=datamodule, ckpt_path=agreed_ckpt_path(trainer, cfg.ckpt_path, run_dir),
                     weights_only=True)
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
         results["last_checkpoint"], results["global_step"] = save_final_checkpoint(trainer)
