@@ -18,7 +18,7 @@ from datamodules.climate_sphere_io import CHANNELS, LEVEL, SPLITS
 from datamodules.layout import NUM_CLASSES
 from datamodules.ugscnn_mesh import geographic_latlon, ugscnn_icosphere
 
-_LOWS = ((32.5, 89.0, 8.0, 42000.0), (-18.5, 291.5, 6.0, 35000.0))
+_LOWS = ((32.5, 89.0, 8.0, 42000.0), (-18.5, 291.5, 7.0, 30000.0))
 """(lat, lon, radius in degrees, depth in Pa) of the Gaussian surface pressure lows."""
 
 
@@ -40,7 +40,7 @@ def analytic_fields(lat: np.ndarray, lon: np.ndarray, step: int) -> np.ndarray:
     ps = 101000.0 + 800.0 * np.cos(phi) * np.sin(lam + phase)
     for lat0, lon0, radius, depth in _LOWS:
         ps -= depth * np.exp(-((_angular_distance(lat, lon, lat0, lon0) / radius) ** 2))
-    ps -= 38000.0 / (1.0 + np.exp((lat + 76.0) / 2.0))
+    ps -= 38000.0 / (1.0 + np.exp((lat + 76.0) / 4.0))
     out[CHANNELS.index("PS")] = ps
     out[CHANNELS.index("PSL")] = 101300.0 - 800.0 * np.sin(phi) ** 2 + 1500.0 * np.cos(phi) * np.cos(lam - phase)
     out[CHANNELS.index("T500")] = 262.0 - 25.0 * np.sin(phi) ** 2 + 2.0 * np.cos(phi) * np.sin(lam + phase)
