@@ -67,7 +67,7 @@ def test_every_experiment_instantiates(tmp_path, experiment):
             cfg.model.net.widths = [2] * min(len(cfg.model.net.widths), 3)
     model = instantiate_module(cfg.model)
     assert isinstance(model, IcoTask)
-    assert isinstance(model, SegmentationModule) == experiment.startswith("climatenet")
+    assert isinstance(model, SegmentationModule) == experiment.startswith(("climatenet", "sphere_l5"))
     if isinstance(model, ClassificationModule):
         assert cfg.monitor.metric == "val/acc"
     _cpu_trainer(cfg)
