@@ -207,6 +207,23 @@ class LatLonFile:
         stamp = f"{match[1]}-{match[2]}-{match[3]}T00:00:00" if match else None
         return [stamp] * self.num_times
 
+    @property
+    def bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """CF cell bounds ([nlat, 2], [nlon, 2]) of the grid coordinates, None where absent."""
+        found = []
+        for dim, size in ((self.lat_dim, self.lat.size), (self.lon_dim, self.lon.size)):
+            name = self.ds[dim].attrs.get("bounds") if dim in self.ds.variables else None
+            if name is None:
+                found.append(None)
+                continue
+            if name not in self.ds.variables:
+                raise DataFileError(self.path, f"names bounds {name!r}, which the file lacks", dim)
+            values = np.asarray(self.ds[name].values, dtype=np.float64)
+            if values.shape != (size, 2):
+                raise DataFileError(self.path, f"bounds must have shape ({size}, 2), got {values.shape}", name)
+            found.append(values)
+        return found[0], found[1]
+
     def _check_dims(self, name: str) -> None:
         var = self.ds[name]
         for dim in (self.lat_dim, self.lon_dim):
@@ -255,6 +272,7 @@ class LatLonFile:
         latitudes, latitudes beyond ±90°, a single row) raises DataFileError.
         """
         stop = self.num_times if stop is None else stop
+        lat_bounds, lon_bounds = self.bounds if method == "conservative" else (None, None)
         out, missing = [], []
         for name in self.variables:
             field = self._read(name, start, stop)
@@ -265,7 +283,7 @@ class LatLonFile:
                 missing.append(int(bad.sum()))
                 field[bad] = np.nan
             try:
-                out.append(latlon_to_ico(field, self.lat, self.lon, level, method))
+                out.append(latlon_to_ico(field, self.lat, self.lon, level, method, True, lat_bounds, lon_bounds))
             except ValueError as exc:
                 raise DataFileError(self.path, f"cannot be regridded: {exc}", name) from exc
         return np.stack(out, axis=1), np.asarray(missing, dtype=np.int64)

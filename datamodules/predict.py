@@ -84,12 +84,16 @@ def write_prediction(
     inputs: PredictionInput,
     labels: np.ndarray | torch.Tensor,
     probabilities: np.ndarray | torch.Tensor | None = None,
+    label_method: str = "nearest",
+    method: str = "bilinear",
 ) -> Path:
     """Write predicted `labels` [T, N] (and optional `probabilities` [T, K, N]) on the input's grid.
 
     The output has `LABELS` (time, lat, lon) int8 with CF flag attributes and, if given,
     `PROBABILITIES` (time, class, lat, lon) float32; coordinates are copied from the input
-    file. Written to a temporary name first, then renamed.
+    file. Masks go back by `label_method` (nearest, or majority: the class covering most of each
+    cell), probabilities by `method` (bilinear or conservative). Written to a temporary name
+    first, then renamed.
     """
     labels = _numpy(labels)
     steps = inputs.x.shape[0]
@@ -97,7 +101,7 @@ def write_prediction(
         raise ValueError(f"labels must be [T, N] = {(steps, inputs.x.shape[-1])}, got {labels.shape}")
     time_dim = inputs.time_dim or "time"
     dims = (time_dim, inputs.lat_dim, inputs.lon_dim)
-    mask = ico_to_latlon(labels.astype(np.int8), inputs.lat, inputs.lon, method="nearest")
+    mask = ico_to_latlon(labels.astype(np.int8), inputs.lat, inputs.lon, method=label_method)
     out = xr.Dataset(coords=inputs.coords.coords)
     out[LABEL_VARIABLE] = xr.DataArray(mask, dims=dims)
     out[LABEL_VARIABLE].attrs = {
@@ -106,7 +110,7 @@ def write_prediction(
         "flag_meanings": " ".join(CLASS_NAMES),
     }
     if probabilities is not None:
-        probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), inputs.lat, inputs.lon, method="bilinear")
+        probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), inputs.lat, inputs.lon, method=method)
         out["PROBABILITIES"] = xr.DataArray(probs, dims=(dims[0], "class", *dims[1:]))
         out["PROBABILITIES"].attrs = {
             "long_name": "Predicted class probabilities",

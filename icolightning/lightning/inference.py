@@ -58,12 +58,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     latlon = IcoGrid(int(stats["level"])).latlon
     written = {}
     for path in input_files(cfg.input):
-        inputs = load_for_prediction(path, stats)
+        inputs = load_for_prediction(path, stats, cfg.get("input_method"))
         if any(inputs.nan_vertices.values()):
             log.warning("%s: vertices without data (set to the training mean): %s", path, inputs.nan_vertices)
         probs = class_probabilities(model, inputs.x, cfg.batch_size)
         labels = probs.argmax(1)
-        target = write_prediction(out_dir / f"{path.stem}_prediction.nc", inputs, labels, probs)
+        target = write_prediction(out_dir / f"{path.stem}_prediction.nc", inputs, labels, probs,
+                                  cfg.get("output_label_method", "nearest"), cfg.get("output_method", "bilinear"))
         written[str(path)] = str(target)
         if cfg.plots:
             save_mask_maps(out_dir / f"{path.stem}_prediction.png", latlon, labels[:1].numpy(),

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from icolightning.event_metrics import EventDetection
 from icolightning.lightning.base import IcoTask
 from icolightning.lightning.losses import LOSSES, inverse_frequency_weights, segmentation_loss
 from icolightning.metrics import CLIMATE_CLASSES, EVENT_CLASSES, ClimateMetrics
@@ -48,6 +50,7 @@ class SegmentationModule(IcoTask):
                        "ap_bins": ap_bins}
         self.val_metrics = ClimateMetrics(**metric_args)
         self.test_metrics = ClimateMetrics(**metric_args)
+        self.test_events = EventDetection(self.class_names, list(event_classes))
         self.test_confusion: Tensor | None = None
         """Global [K, K] confusion counts of the last test run (for the evaluation figures)."""
 
@@ -69,13 +72,14 @@ class SegmentationModule(IcoTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: ClimateMetrics, prefix: str) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: ClimateMetrics, prefix: str) -> Tensor:
         x, y = batch
         logits = self(x)
         self.log(f"{prefix}/loss", self._loss(logits, y), sync_dist=True, batch_size=x.shape[0])
         metrics.update(logits.float().softmax(1), y)
+        return logits
 
-    def _log_metrics(self, metrics: ClimateMetrics, prefix: str) -> dict[str, Tensor]:
+    def _log_metrics(self, metrics: Metric, prefix: str) -> dict[str, Tensor]:
         values = metrics.compute()
         self.log_dict({f"{prefix}/{key}": value.float() for key, value in values.items() if value.ndim == 0})
         metrics.reset()
@@ -88,10 +92,12 @@ class SegmentationModule(IcoTask):
         self._log_metrics(self.val_metrics, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        logits = self._evaluate(batch, self.test_metrics, "test")
+        self.test_events.update(logits.argmax(1), batch[1])
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self._log_metrics(self.test_metrics, "test")["confusion"].cpu()
+        self._log_metrics(self.test_events, "test")
 
     def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """Class probabilities [B, K, N]."""
