@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -41,8 +42,8 @@ class EventDetection(Metric):
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [B, N]")
         level = level_of(pred.shape[-1])
         counts = detection_counts(pred.cpu().numpy(), target.cpu().numpy(), level, self.class_ids)
-        stacked = (counts.true_events, counts.detected, counts.predicted_events, counts.false_alarms)
-        self.counts += torch.as_tensor(list(stacked), dtype=torch.long, device=self.counts.device)
+        stacked = np.stack([counts.true_events, counts.detected, counts.predicted_events, counts.false_alarms])
+        self.counts += torch.as_tensor(stacked, dtype=torch.long, device=self.counts.device)
 
     def compute(self) -> dict[str, Tensor]:
         true, detected, predicted, false = self.counts.double()
