@@ -143,6 +143,24 @@ def find_time_dim(ds: xr.Dataset, spatial: tuple[str, str]) -> str | None:
     return None
 
 
+def grid_bounds(ds: xr.Dataset, path: str | Path, grid_dims: tuple[str, str]) -> tuple[np.ndarray | None, ...]:
+    """CF cell bounds (the variables named by the `bounds` attribute of the lat and lon
+    coordinates), [n, 2] each, None where a coordinate has none."""
+    found = []
+    for dim in grid_dims:
+        name = ds[dim].attrs.get("bounds") if dim in ds.variables else None
+        if name is None:
+            found.append(None)
+            continue
+        if name not in ds.variables:
+            raise DataFileError(path, f"names bounds {name!r}, which the file lacks", dim)
+        values = np.asarray(ds[name].values, dtype=np.float64)
+        if values.shape != (ds.sizes[dim], 2):
+            raise DataFileError(path, f"bounds must have shape ({ds.sizes[dim]}, 2), got {values.shape}", name)
+        found.append(values)
+    return tuple(found)
+
+
 def _iso(value: object) -> str | None:
     if isinstance(value, np.datetime64):
         return None if np.isnat(value) else str(np.datetime_as_string(value, unit="s"))
@@ -210,19 +228,7 @@ class LatLonFile:
     @property
     def bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """CF cell bounds ([nlat, 2], [nlon, 2]) of the grid coordinates, None where absent."""
-        found = []
-        for dim, size in ((self.lat_dim, self.lat.size), (self.lon_dim, self.lon.size)):
-            name = self.ds[dim].attrs.get("bounds") if dim in self.ds.variables else None
-            if name is None:
-                found.append(None)
-                continue
-            if name not in self.ds.variables:
-                raise DataFileError(self.path, f"names bounds {name!r}, which the file lacks", dim)
-            values = np.asarray(self.ds[name].values, dtype=np.float64)
-            if values.shape != (size, 2):
-                raise DataFileError(self.path, f"bounds must have shape ({size}, 2), got {values.shape}", name)
-            found.append(values)
-        return found[0], found[1]
+        return grid_bounds(self.ds, self.path, (self.lat_dim, self.lon_dim))
 
     def _check_dims(self, name: str) -> None:
         var = self.ds[name]

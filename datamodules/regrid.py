@@ -460,17 +460,28 @@ def regrid_fingerprint() -> str:
 
 
 def _majority(matrix: RegridMatrix, labels: np.ndarray, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(majority class [..., targets] in the labels' dtype, class fractions [..., K, targets])."""
+    """(majority class [..., targets], class fractions [..., K, targets]) of class ids 0, 1, ...
+
+    Integer labels keep their dtype. Float labels may be NaN (missing, e.g. a decoded _FillValue):
+    missing cells leave the weights, and targets without any valid cell come out NaN."""
     labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"majority regridding needs integer class labels, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
+    integer = np.issubdtype(labels.dtype, np.integer)
+    valid = np.isfinite(labels) if not integer else np.ones(labels.shape, bool)
+    present = labels[valid]
+    if not integer and not np.array_equal(present, np.round(present)):
+        raise ValueError("majority regridding needs whole-number class labels")
+    if present.size and present.min() < 0:
         raise ValueError("class labels must be >= 0")
-    k = int(num_classes if num_classes is not None else (labels.max() + 1 if labels.size else 1))
-    fractions = np.stack([matrix.apply((labels == c).astype(np.float64), skipna=False) for c in range(k)], axis=-2)
-    if not matrix.covered.all():
+    k = int(num_classes if num_classes is not None else (present.max() + 1 if present.size else 1))
+    if not matrix.covered.all() and integer:
         raise ValueError(f"{(~matrix.covered).sum()} targets lie outside the source grid and have no majority class")
-    return fractions.argmax(axis=-2).astype(labels.dtype), fractions
+    onehot = [np.where(valid, labels == c, np.nan) for c in range(k)]
+    fractions = np.stack([matrix.apply(member, skipna=True) for member in onehot], axis=-2)
+    if integer:
+        return fractions.argmax(axis=-2).astype(labels.dtype), fractions
+    empty = np.isnan(fractions).all(axis=-2)
+    majority = np.nanargmax(np.where(empty[..., None, :], 0.0, fractions), axis=-2)
+    return np.where(empty, np.nan, majority).astype(labels.dtype), fractions
 
 
 def _check_method(method: str) -> None:

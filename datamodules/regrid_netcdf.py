@@ -3,7 +3,7 @@
 Every selected variable with both grid dimensions becomes (..., vertex); its other dimensions
 (time, levels, ...) and attributes are kept, variables without grid dimensions are copied, and
 per-vertex `lat`/`lon` coordinates are added. Variables stored as integers on disk (labels,
-masks) always use nearest neighbour and are written back with their on-disk dtype and
+masks) use nearest neighbour or area-weighted majority (`label_method`), written back with their on-disk dtype and
 _FillValue, even when a _FillValue made xarray decode them to float; packed integers
 (scale_factor/add_offset) are continuous fields and are interpolated like floats. Work
 proceeds one time step at a time, so files larger than memory are fine.
@@ -23,10 +23,11 @@ from datamodules.netcdf_io import (
     DataFileError,
     find_latlon_dims,
     find_time_dim,
+    grid_bounds,
     missing_variables_error,
     open_netcdf,
 )
-from datamodules.regrid import METHODS, latlon_to_ico
+from datamodules.regrid import LABEL_METHODS, METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
 
@@ -71,12 +72,17 @@ def regrid_netcdf(
     variables: Sequence[str] | None = None,
     method: str = "bilinear",
     progress: bool = True,
+    label_method: str = "nearest",
 ) -> Path:
-    """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path."""
+    """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path.
+
+    Float variables use `method`, integer ones `label_method` (nearest or majority)."""
     from tqdm.auto import tqdm
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if label_method not in LABEL_METHODS:
+        raise ValueError(f"label_method must be one of {LABEL_METHODS}, got {label_method!r}")
     in_path, out_path = Path(in_path), Path(out_path)
     with open_netcdf(in_path) as ds:
         grid_dims = find_latlon_dims(ds, in_path)
@@ -87,6 +93,7 @@ def regrid_netcdf(
         steps_dim = find_time_dim(ds, grid_dims) or next((dims[0] for dims in lead.values() if dims), None)
         steps = ds.sizes[steps_dim] if steps_dim else 1
         integer = {name: stored_integer_dtype(ds[name]) for name in names}
+        bounds = grid_bounds(ds, in_path, grid_dims)
         results = {name: np.empty((*[ds.sizes[d] for d in lead[name]], n), ds[name].dtype) for name in names}
         for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
             for name in names:
@@ -96,9 +103,9 @@ def regrid_netcdf(
                 elif t > 0:
                     continue
                 values = var.transpose(..., *grid_dims).values
-                use = "nearest" if integer[name] is not None or not np.issubdtype(values.dtype, np.floating) else method
+                categorical = integer[name] is not None or not np.issubdtype(values.dtype, np.floating)
                 try:
-                    out = latlon_to_ico(values, lat, lon, level, use)
+                    out = latlon_to_ico(values, lat, lon, level, label_method if categorical else method, True, *bounds)
                 except ValueError as exc:
                     raise DataFileError(in_path, str(exc), name) from exc
                 target = results[name]
@@ -119,7 +126,7 @@ def regrid_netcdf(
         keep = {str(v): ds[v] for v in ds.data_vars if v not in names and not set(ds[v].dims) & set(grid_dims)}
         other_coords = {str(c): ds[c] for c in ds.coords if not set(ds[c].dims) & set(grid_dims) and c not in grid_dims}
         out = xr.Dataset({**data_vars, **keep}, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
-        history = f"icolightning-regrid {in_path.name} --level {level} --method {method}"
+        history = f"icolightning-regrid {in_path.name} --level {level} --method {method} --label-method {label_method}"
         out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
         out.attrs["icosahedral_level"] = int(level)
         out.load()

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from scipy.spatial import cKDTree
 
+from datamodules.cache import PreprocessConfig, ensure_cache
 from datamodules.regrid import class_fractions, ico_to_latlon, latlon_to_ico, regrid_matrix
+from datamodules.regrid_netcdf import regrid_netcdf
+from datamodules.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
 
@@ -129,3 +133,36 @@ def test_majority_labels_preserve_class_areas_through_fractions() -> None:
     back = ico_to_latlon(majority, lat, lon, "majority")
     assert back.dtype == np.int16 and back.shape == labels.shape
     assert np.mean(back == labels) > 0.85
+
+
+def test_cache_and_regrid_tool_use_the_methods_and_cf_bounds(tmp_path) -> None:
+    """A file with CF bounds: the cache (conservative fields, majority labels) and
+    icolightning-regrid give exactly latlon_to_ico with those bounds, which differ from midpoints."""
+    source = generate_dataset(tmp_path / "data", n_train=1, n_test=0, nlat=31, nlon=50, seed=4)[0]
+    lat, lon, _, bounds = _grid("cf_bounds")
+    with xr.open_dataset(source) as ds:
+        ds = ds[["TMQ", "LABELS"]].load()
+    moved = ds.assign_coords(lat=lat, lon=lon)
+    moved["lat"].attrs.update(units="degrees_north", bounds="lat_bnds")
+    moved["lon"].attrs.update(units="degrees_east", bounds="lon_bnds")
+    moved["lat_bnds"] = (("lat", "nv"), bounds["lat_bounds"])
+    moved["lon_bnds"] = (("lon", "nv"), bounds["lon_bounds"])
+    path = tmp_path / "bounded.nc"
+    moved.to_netcdf(path)
+    tmq = moved["TMQ"].values.reshape(-1, lat.size, lon.size)
+    labels = moved["LABELS"].values.reshape(lat.size, lon.size)
+    expected_tmq = latlon_to_ico(tmq, lat, lon, 2, "conservative", **bounds)
+    expected_labels = latlon_to_ico(labels, lat, lon, 2, "majority", **bounds)
+    assert not np.allclose(expected_tmq, latlon_to_ico(tmq, lat, lon, 2, "conservative"), rtol=1e-3)
+
+    config = PreprocessConfig(2, ("TMQ",), "conservative", label_method="majority")
+    (entry,) = ensure_cache([path], config, tmp_path / "cache", progress=False)
+    np.testing.assert_allclose(entry.fields()[:, 0], expected_tmq.astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(entry.labels()[0], expected_labels)
+    nearest = PreprocessConfig(2, ("TMQ",), "conservative", label_method="nearest")
+    assert nearest.folder_name() != config.folder_name() and "majority" in config.folder_name()
+
+    out = regrid_netcdf(path, tmp_path / "ico.nc", 2, ["TMQ", "LABELS"], "conservative", False, "majority")
+    with xr.open_dataset(out) as ico:
+        np.testing.assert_allclose(ico["TMQ"].values, expected_tmq, rtol=1e-6)
+        np.testing.assert_array_equal(ico["LABELS"].values.reshape(-1), expected_labels)
