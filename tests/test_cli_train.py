@@ -54,8 +54,8 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
     for name in ("TC", "AR"):  # event-level scores (icolightning.event_metrics); null when undefined
         test = saved["test"]
         assert test[f"test/true_events_{name}"] >= test[f"test/detected_{name}"] >= 0
-        assert test[f"test/event_pod_{name}"] == (test[f"test/detected_{name}"] / test[f"test/true_events_{name}"]
-                                                  if test[f"test/true_events_{name}"] else None)
+        true, detected = test[f"test/true_events_{name}"], test[f"test/detected_{name}"]
+        assert test[f"test/event_pod_{name}"] == (pytest.approx(detected / true, abs=1e-6) if true else None)
         assert f"test/event_far_{name}" in test
     assert saved["best_score"] == pytest.approx(saved["val"]["val/mAP"], abs=1.0)  # present, a number
     assert (root / "data" / "synthetic_climatenet" / "train").is_dir()  # generated on first use
