@@ -32,13 +32,14 @@ import numpy as np
 
 from datamodules.layout import NUM_CLASSES
 from datamodules.netcdf_io import DataFileError, LatLonFile
-from datamodules.regrid import METHODS, latlon_to_ico
+from datamodules.regrid import LABEL_METHODS, METHODS, latlon_to_ico
 from icolightning.errors import DataError
 from icolightning.grid import IcoGrid
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 REGRID_FINGERPRINTS: dict[int, str] = {
     2: "ac2e219bcffeed50",
+    3: "9107f1fcd69424ef",
 }
 """`datamodules.regrid.regrid_fingerprint()` of the regridding each CACHE_VERSION was made with.
 
@@ -62,10 +63,13 @@ class PreprocessConfig:
     method: str = "bilinear"
     label_variable: str = "LABELS"
     nan_policy: str = "fill"
+    label_method: str = "nearest"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.label_method not in LABEL_METHODS:
+            raise ValueError(f"label_method must be one of {LABEL_METHODS}, got {self.label_method!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         if not self.variables:
@@ -80,7 +84,7 @@ class PreprocessConfig:
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
     def folder_name(self) -> str:
-        return f"level{self.level}-{self.method}-{len(self.variables)}vars-{self.digest()}"
+        return f"level{self.level}-{self.method}-{self.label_method}-{len(self.variables)}vars-{self.digest()}"
 
 
 def source_fingerprint(source: Path) -> str:
@@ -178,7 +182,8 @@ def _write_entry(source: Path, config: PreprocessConfig, tmp: Path) -> list[str]
             fields[start:stop] = ico
             count[start:stop], mean[start:stop], m2[start:stop] = _partial_stats(ico)
             try:
-                ico_labels = latlon_to_ico(data.read_labels(start, stop), data.lat, data.lon, config.level, "nearest")
+                ico_labels = latlon_to_ico(data.read_labels(start, stop), data.lat, data.lon, config.level,
+                                           config.label_method, True, *data.bounds)
             except ValueError as exc:
                 if isinstance(exc, DataFileError):
                     raise
@@ -199,6 +204,7 @@ def _write_entry(source: Path, config: PreprocessConfig, tmp: Path) -> list[str]
         "variables": list(config.variables),
         "level": config.level,
         "method": config.method,
+        "label_method": config.label_method,
         "nan_source_points": dict(zip(config.variables, nan_sources.tolist(), strict=True)),
         "nan_vertices": dict(zip(config.variables, nan_vertices.tolist(), strict=True)),
     }

@@ -144,7 +144,10 @@ class ClimateDataModule(L.LightningDataModule):
         cache_dir: where the regridded cache lives (default: `data_dir/.icocache`).
         batch_size, num_workers, pin_memory, persistent_workers, drop_last: DataLoader knobs.
         val_fraction: share of the training samples, the latest in time, used for validation.
-        method: "bilinear" or "nearest" for the fields (labels are always nearest).
+        method: "bilinear", "nearest" or "conservative" (area-weighted mean over each vertex's
+            Voronoi cell) for the fields.
+        label_method: "nearest" (label of the nearest grid point) or "majority" (the class
+            covering the largest share of the vertex's Voronoi cell) for the labels.
         label_variable: name of the label field.
         nan_policy: "fill" (skip missing values when regridding, warn, set leftovers to the
             training mean) or "raise".
@@ -171,11 +174,14 @@ class ClimateDataModule(L.LightningDataModule):
         preprocess_workers: int | None = None,
         progress: bool = True,
         shuffle_seed: int = 0,
+        label_method: str = "nearest",
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.data_dir / ".icocache"
-        self.config = PreprocessConfig(int(level), resolve_variables(variables), method, label_variable, nan_policy)
+        self.config = PreprocessConfig(
+            int(level), resolve_variables(variables), method, label_variable, nan_policy, label_method
+        )
         self.batch_size = int(batch_size)
         self.val_fraction = checked_fraction(val_fraction)
         self.num_workers = int(num_workers)

@@ -144,6 +144,24 @@ def find_time_dim(ds: xr.Dataset, spatial: tuple[str, str]) -> str | None:
     return None
 
 
+def grid_bounds(ds: xr.Dataset, path: str | Path, grid_dims: tuple[str, str]) -> tuple[np.ndarray | None, ...]:
+    """CF cell bounds (the variables named by the `bounds` attribute of the lat and lon
+    coordinates), [n, 2] each, None where a coordinate has none."""
+    found = []
+    for dim in grid_dims:
+        name = ds[dim].attrs.get("bounds") if dim in ds.variables else None
+        if name is None:
+            found.append(None)
+            continue
+        if name not in ds.variables:
+            raise DataFileError(path, f"names bounds {name!r}, which the file lacks", dim)
+        values = np.asarray(ds[name].values, dtype=np.float64)
+        if values.shape != (ds.sizes[dim], 2):
+            raise DataFileError(path, f"bounds must have shape ({ds.sizes[dim]}, 2), got {values.shape}", name)
+        found.append(values)
+    return tuple(found)
+
+
 def _iso(value: object) -> str | None:
     if isinstance(value, np.datetime64):
         return None if np.isnat(value) else str(np.datetime_as_string(value, unit="s"))
@@ -208,6 +226,11 @@ class LatLonFile:
         stamp = f"{match[1]}-{match[2]}-{match[3]}T00:00:00" if match else None
         return [stamp] * self.num_times
 
+    @property
+    def bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """CF cell bounds ([nlat, 2], [nlon, 2]) of the grid coordinates, None where absent."""
+        return grid_bounds(self.ds, self.path, (self.lat_dim, self.lon_dim))
+
     def _check_dims(self, name: str) -> None:
         var = self.ds[name]
         for dim in (self.lat_dim, self.lon_dim):
@@ -256,6 +279,7 @@ class LatLonFile:
         latitudes, latitudes beyond ±90°, a single row) raises DataFileError.
         """
         stop = self.num_times if stop is None else stop
+        lat_bounds, lon_bounds = self.bounds if method == "conservative" else (None, None)
         out, missing = [], []
         for name in self.variables:
             field = self._read(name, start, stop)
@@ -266,7 +290,7 @@ class LatLonFile:
                 missing.append(int(bad.sum()))
                 field[bad] = np.nan
             try:
-                out.append(latlon_to_ico(field, self.lat, self.lon, level, method))
+                out.append(latlon_to_ico(field, self.lat, self.lon, level, method, True, lat_bounds, lon_bounds))
             except ValueError as exc:
                 raise DataFileError(self.path, f"cannot be regridded: {exc}", name) from exc
         return np.stack(out, axis=1), np.asarray(missing, dtype=np.int64)

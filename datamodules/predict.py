@@ -3,7 +3,8 @@
 The input goes through the same reader and regridding as training (but not the cache: a file
 to predict on is read once) and is normalised with the statistics of the trained model, which
 the caller passes in (e.g. from the checkpoint). Predicted vertex labels return to the file's
-lat-lon grid by nearest neighbour, probabilities by barycentric interpolation.
+lat-lon grid by nearest neighbour (or area-weighted majority), probabilities by barycentric
+interpolation (or conservatively).
 
 Files are read (`PredictionSource.slabs`) and written (`PredictionWriter.write`) in slabs of time
 steps, so memory depends on the slab size and the grid, not on the number of steps in a file.
@@ -110,12 +111,16 @@ class PredictionWriter:
     """Predicted `LABELS` (time, lat, lon) int8 with CF flag attributes and, if asked, `PROBABILITIES`
     (time, class, lat, lon) float32 on an input file's grid, written slab by slab.
 
-    A context manager: the file is written under a temporary name and renamed into place when the
-    block ends without error and every time step was written.
+    Masks go back by `label_method` (nearest, or majority: the class covering most of each cell),
+    probabilities by `method` (bilinear or conservative). A context manager: the file is written
+    under a temporary name and renamed into place when the block ends without error and every
+    time step was written.
     """
 
-    def __init__(self, out_path: str | os.PathLike, grid: FileGrid, probabilities: bool = True) -> None:
+    def __init__(self, out_path: str | os.PathLike, grid: FileGrid, probabilities: bool = True,
+                 label_method: str = "nearest", method: str = "bilinear") -> None:
         self.out_path, self.grid, self.probabilities = Path(out_path), grid, probabilities
+        self.label_method, self.method = label_method, method
         self.time_dim = grid.time_dim or "time"
         self._stack = ExitStack()
         self._written = np.zeros(grid.num_times, dtype=bool)
@@ -151,10 +156,10 @@ class PredictionWriter:
         if (probabilities is not None) != self.probabilities:
             raise ValueError("probabilities must be given exactly when the writer was made with probabilities=True")
         lat, lon = self.grid.lat, self.grid.lon
-        mask = ico_to_latlon(labels.astype(np.int8), lat, lon, method="nearest")
+        mask = ico_to_latlon(labels.astype(np.int8), lat, lon, method=self.label_method)
         self.writer.write(LABEL_VARIABLE, (slice(start, stop),), mask)
         if probabilities is not None:
-            probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), lat, lon, method="bilinear")
+            probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), lat, lon, method=self.method)
             self.writer.write("PROBABILITIES", (slice(start, stop),), probs)
         self._written[start:stop] = True
 
@@ -172,11 +177,13 @@ def write_prediction(
     inputs: PredictionInput,
     labels: np.ndarray | torch.Tensor,
     probabilities: np.ndarray | torch.Tensor | None = None,
+    label_method: str = "nearest",
+    method: str = "bilinear",
 ) -> Path:
     """Write labels [T, N] (and probabilities [T, K, N]) of a whole file read by `load_for_prediction`."""
     expected = (inputs.grid.num_times, inputs.x.shape[-1])
     if tuple(labels.shape) != expected:
         raise ValueError(f"labels must be [T, N] = {expected}, got {tuple(labels.shape)}")
-    with PredictionWriter(out_path, inputs.grid, probabilities is not None) as writer:
+    with PredictionWriter(out_path, inputs.grid, probabilities is not None, label_method, method) as writer:
         writer.write(0, labels, probabilities)
     return Path(out_path)

@@ -3,7 +3,7 @@
 Every selected variable with both grid dimensions becomes (..., vertex); its other dimensions
 (time, levels, ...) and attributes are kept, variables without grid dimensions are copied, and
 per-vertex `lat`/`lon` coordinates are added. Variables stored as integers on disk (labels,
-masks) always use nearest neighbour and are written back with their on-disk dtype and
+masks) use nearest neighbour or area-weighted majority (`label_method`), written back with their on-disk dtype and
 _FillValue, even when a _FillValue made xarray decode them to float; packed integers
 (scale_factor/add_offset) are continuous fields and are interpolated like floats. Work
 proceeds one time step at a time and each step is appended to the output, so files larger than
@@ -24,11 +24,12 @@ from datamodules.netcdf_io import (
     DataFileError,
     find_latlon_dims,
     find_time_dim,
+    grid_bounds,
     missing_variables_error,
     open_netcdf,
 )
 from datamodules.netcdf_slabs import SlabWriter
-from datamodules.regrid import METHODS, latlon_to_ico
+from datamodules.regrid import LABEL_METHODS, METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
 
@@ -92,15 +93,19 @@ def regrid_netcdf(
     variables: Sequence[str] | None = None,
     method: str = "bilinear",
     progress: bool = True,
+    label_method: str = "nearest",
 ) -> Path:
     """Regrid `variables` (default: all gridded ones) of `in_path` to level `level`; returns out_path.
 
-    One time step of one variable is in memory at a time: each is regridded and appended to the output.
+    Float variables use `method`, integer ones `label_method` (nearest or majority). One time step
+    of one variable is in memory at a time: each is regridded and appended to the output.
     """
     from tqdm.auto import tqdm
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if label_method not in LABEL_METHODS:
+        raise ValueError(f"label_method must be one of {LABEL_METHODS}, got {label_method!r}")
     in_path, out_path = Path(in_path), Path(out_path)
     n = IcoGrid(level).num_vertices
     with open_netcdf(in_path) as ds, atomic_path(out_path) as tmp:
@@ -111,7 +116,8 @@ def regrid_netcdf(
         steps_dim = find_time_dim(ds, grid_dims) or next((dims[0] for dims in lead.values() if dims), None)
         steps = ds.sizes[steps_dim] if steps_dim else 1
         integer = {name: stored_integer_dtype(ds[name]) for name in names}
-        history = f"icolightning-regrid {in_path.name} --level {level} --method {method}"
+        bounds = grid_bounds(ds, in_path, grid_dims)
+        history = f"icolightning-regrid {in_path.name} --level {level} --method {method} --label-method {label_method}"
         writer = SlabWriter(tmp, _skeleton(ds, names, grid_dims, level, history))
         try:
             sizes = {**ds.sizes, "vertex": n}
@@ -128,9 +134,10 @@ def regrid_netcdf(
                     elif t > 0:
                         continue
                     values = var.transpose(..., *grid_dims).values
-                    float_field = integer[name] is None and np.issubdtype(values.dtype, np.floating)
+                    categorical = integer[name] is not None or not np.issubdtype(values.dtype, np.floating)
                     try:
-                        out = latlon_to_ico(values, lat, lon, level, method if float_field else "nearest")
+                        out = latlon_to_ico(values, lat, lon, level, label_method if categorical else method, True,
+                                            *bounds)
                     except ValueError as exc:
                         raise DataFileError(in_path, str(exc), name) from exc
                     writer.write(name, index, out.astype(ds[name].dtype, copy=False))

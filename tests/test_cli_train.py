@@ -37,6 +37,12 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
     assert saved["global_step"] == results["global_step"] > 0
     for key in ("test/mAP", "test/mean_acc", "test/mean_iou", "test/acc_TC", "test/iou_AR"):
         assert 0.0 <= saved["test"][key] <= 1.0
+    for name in ("TC", "AR"):  # event-level scores (icolightning.event_metrics); null when undefined
+        test = saved["test"]
+        assert test[f"test/true_events_{name}"] >= test[f"test/detected_{name}"] >= 0
+        true, detected = test[f"test/true_events_{name}"], test[f"test/detected_{name}"]
+        assert test[f"test/event_pod_{name}"] == (pytest.approx(detected / true, abs=1e-6) if true else None)
+        assert f"test/event_far_{name}" in test
     assert saved["best_score"] == pytest.approx(saved["val"]["val/mAP"], abs=1.0)  # present, a number
     assert (root / "data" / "synthetic_climatenet" / "train").is_dir()  # generated on first use
 

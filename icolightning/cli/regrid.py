@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from datamodules.netcdf_io import DataFileError
-from datamodules.regrid import METHODS
+from datamodules.regrid import LABEL_METHODS, METHODS
 from icolightning.grid import MAX_LEVEL
 
 
@@ -15,13 +15,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="icolightning-regrid",
         description="Regrid the lat-lon variables of a netCDF file onto icosahedral vertices (dimension "
         "'vertex', per-vertex lat/lon). Other dimensions and attributes are kept; variables stored as "
-        "integers (labels, masks; also with a _FillValue) always use nearest neighbour and keep their dtype.",
+        "integers (labels, masks; also with a _FillValue) use --label-method and keep their dtype.",
     )
     parser.add_argument("input", help="lat-lon netCDF file (CF conventions)")
     parser.add_argument("output", help="icosahedral netCDF file to write")
     parser.add_argument("--level", type=int, required=True, help=f"icosahedral level, 0..{MAX_LEVEL}")
     parser.add_argument("--variables", nargs="+", help="variables to regrid (default: all with lat and lon)")
-    parser.add_argument("--method", choices=METHODS, default="bilinear", help="for float variables")
+    parser.add_argument("--method", choices=METHODS, default="bilinear",
+                        help="for float variables (conservative: area-weighted mean over each vertex's Voronoi cell)")
+    parser.add_argument("--label-method", choices=LABEL_METHODS, default="nearest",
+                        help="for integer variables (majority: the class covering most of each Voronoi cell)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.regrid_netcdf import regrid_netcdf
 
     try:
-        out = regrid_netcdf(args.input, args.output, args.level, args.variables, args.method, not args.quiet)
+        out = regrid_netcdf(args.input, args.output, args.level, args.variables, args.method, not args.quiet,
+                            args.label_method)
     except (DataFileError, OSError) as exc:
         print(f"icolightning-regrid: error: {exc}", file=sys.stderr)
         return 1

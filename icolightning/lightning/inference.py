@@ -9,6 +9,7 @@ launches. Rank r of N predicts files r, r + N, ..., so each output is written by
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import hydra
@@ -45,8 +46,24 @@ def class_probabilities(model: SegmentationModule, x: torch.Tensor, batch_size: 
     return torch.cat(chunks)
 
 
-def predict_file(model: SegmentationModule, path: Path, out_dir: Path, batch_size: int, slab_steps: int,
-                 plots: bool) -> Path:
+@dataclass(frozen=True)
+class PredictOptions:
+    """The knobs of conf/predict.yaml that shape one file's prediction."""
+
+    batch_size: int = 4
+    slab_steps: int = 32
+    plots: bool = True
+    input_method: str | None = None
+    """Regridding of the inputs; None: the method the model was trained with."""
+    output_label_method: str = "nearest"
+    output_method: str = "bilinear"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> PredictOptions:
+        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+
+
+def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: PredictOptions) -> Path:
     """Predict one file slab by slab (memory does not grow with its number of time steps)."""
     stats = model.data_stats
     variables = list(stats["variables"])
@@ -54,15 +71,16 @@ def predict_file(model: SegmentationModule, path: Path, out_dir: Path, batch_siz
     target = out_dir / f"{path.stem}_prediction.nc"
     counts = np.zeros(len(model.class_names), dtype=np.int64)
     nan_vertices: dict[str, int] = {}
-    with PredictionSource(path, stats) as source, PredictionWriter(target, source.grid) as writer:
-        for start, inputs in source.slabs(slab_steps):
-            probs = class_probabilities(model, inputs.x, batch_size)
+    with (PredictionSource(path, stats, options.input_method) as source,
+          PredictionWriter(target, source.grid, True, options.output_label_method, options.output_method) as writer):
+        for start, inputs in source.slabs(options.slab_steps):
+            probs = class_probabilities(model, inputs.x, options.batch_size)
             labels = probs.argmax(1)
             writer.write(start, labels, probs)
             counts += np.bincount(labels.reshape(-1).numpy(), minlength=len(counts))
             for name, missing in inputs.nan_vertices.items():
                 nan_vertices[name] = nan_vertices.get(name, 0) + missing
-            if plots and start == 0:
+            if options.plots and start == 0:
                 save_mask_maps(target.with_suffix(".png"), IcoGrid(int(stats["level"])).latlon, labels[:1].numpy(),
                                model.class_names, background=inputs.x[:1, channel].numpy(),
                                title=f"{path.name}: predicted classes (first time step)")
@@ -83,19 +101,17 @@ class FilePredictor(L.LightningModule):
     none left out); Lightning keeps a `DistributedSampler` it is given instead of adding its own.
     """
 
-    def __init__(self, model: SegmentationModule, files: list[Path], out_dir: Path, batch_size: int,
-                 slab_steps: int, plots: bool) -> None:
+    def __init__(self, model: SegmentationModule, files: list[Path], out_dir: Path, options: PredictOptions) -> None:
         super().__init__()
         self.model = model
-        self.files, self.out_dir, self.plots = files, out_dir, plots
-        self.batch_size, self.slab_steps = batch_size, slab_steps
+        self.files, self.out_dir, self.options = files, out_dir, options
 
     def predict_dataloader(self) -> DataLoader:
         sampler = UnpaddedDistributedSampler(self.files, num_replicas=self.trainer.world_size, rank=self.global_rank)
         return DataLoader(self.files, batch_size=1, sampler=sampler, collate_fn=_only_item)
 
     def predict_step(self, path: Path, batch_idx: int) -> tuple[str, str]:
-        target = predict_file(self.model, path, self.out_dir, self.batch_size, self.slab_steps, self.plots)
+        target = predict_file(self.model, path, self.out_dir, self.options)
         return str(path), str(target)
 
 
@@ -108,6 +124,6 @@ def predict(cfg: DictConfig) -> dict[str, str]:
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    predictor = FilePredictor(model, files, out_dir, cfg.batch_size, cfg.slab_steps, cfg.plots)
+    predictor = FilePredictor(model, files, out_dir, PredictOptions.from_config(cfg))
     written = trainer.predict(predictor, return_predictions=True) or []
     return dict(written)

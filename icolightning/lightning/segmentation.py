@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from icolightning.event_metrics import EventDetection
 from icolightning.lightning.base import IcoTask
 from icolightning.lightning.losses import LOSSES, SplitLoss, inverse_frequency_weights, segmentation_loss
 from icolightning.metrics import CLIMATE_CLASSES, EVENT_CLASSES, ClimateMetrics
@@ -51,6 +53,7 @@ class SegmentationModule(IcoTask):
         self.test_metrics = ClimateMetrics(**metric_args)
         self.val_loss = SplitLoss(loss, len(self.class_names))
         self.test_loss = SplitLoss(loss, len(self.class_names))
+        self.test_events = EventDetection(self.class_names, list(event_classes))
         self.test_confusion: Tensor | None = None
         """Global [K, K] confusion counts of the last test run (for the evaluation figures)."""
         self.absent_classes: dict[str, list[str]] = {}
@@ -75,23 +78,28 @@ class SegmentationModule(IcoTask):
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: ClimateMetrics, loss: SplitLoss, prefix: str
-                  ) -> None:
+                  ) -> Tensor:
         x, y = batch
         logits = self(x)
         loss.update(logits, y, self.class_weights)
         self.log(f"{prefix}/loss", loss, batch_size=x.shape[0])
         metrics.update(logits.float().softmax(1), y)
+        return logits
 
-    def _log_metrics(self, metrics: ClimateMetrics, prefix: str) -> dict[str, Tensor]:
+    def _log_metrics(self, metrics: Metric, prefix: str) -> dict[str, Tensor]:
         values = metrics.compute()
-        absent = [name for name, seen in zip(self.class_names, values["present"].tolist(), strict=True) if not seen]
+        if "present" in values:  # ClimateMetrics: report classes that the labels never showed
+            self._note_absent_classes(values["present"], prefix)
+        self.log_dict({f"{prefix}/{key}": value.float() for key, value in values.items() if value.ndim == 0})
+        metrics.reset()
+        return values
+
+    def _note_absent_classes(self, present: Tensor, prefix: str) -> None:
+        absent = [name for name, seen in zip(self.class_names, present.tolist(), strict=True) if not seen]
         self.absent_classes[prefix] = absent
         if absent:
             rank_zero_warn(f"{prefix}: no {', '.join(absent)} vertex in the labels; left out of the mean "
                            "accuracy, mAP and mean IoU (their per-class values are NaN)")
-        self.log_dict({f"{prefix}/{key}": value.float() for key, value in values.items() if value.ndim == 0})
-        metrics.reset()
-        return values
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, self.val_loss, "val")
@@ -100,10 +108,12 @@ class SegmentationModule(IcoTask):
         self._log_metrics(self.val_metrics, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, self.test_loss, "test")
+        logits = self._evaluate(batch, self.test_metrics, self.test_loss, "test")
+        self.test_events.update(logits.argmax(1), batch[1])
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self._log_metrics(self.test_metrics, "test")["confusion"].cpu()
+        self._log_metrics(self.test_events, "test")
 
     def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """Class probabilities [B, K, N]."""
