@@ -2,7 +2,7 @@
 
 The preprocessed npz files store 10 242 values per channel in the order of UGSCNN's icosphere
 generator with its "upward" rotation. This module rebuilds that order from the published
-algorithm (written here from its description, no UGSCNN code):
+algorithm (written here; no UGSCNN code copied):
 
 1. the 12 icosahedron corners (±1, ±t, 0), (0, ±1, ±t), (±t, 0, ±1) / √(1+t²), t the golden
    ratio, in UGSCNN's index order (`_CORNERS`);

@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     for seed in (1, 2):
         run = root / "outputs" / f"tiny-seed{seed}"
         overrides = [f"paths.root_dir={root}", f"paths.output_dir={run}", "debug=tiny", f"seed={seed}",
-                     f"name=tiny-seed{seed}", "plots=false", "trainer.max_epochs=1"]
+                     f"name=tiny-seed{seed}", "plots=false"]
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
