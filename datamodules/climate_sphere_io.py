@@ -27,7 +27,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from datamodules.layout import NUM_CLASSES, VARIABLES
-from datamodules.regrid import RegridMatrix, _from_triplets, _locate
+from datamodules.regrid import RegridMatrix, locate_in_triangles, matrix_from_triplets
 from datamodules.ugscnn_mesh import geographic_latlon, geographic_xyz, ugscnn_icosphere
 from icolightning.grid import IcoGrid
 
@@ -163,7 +163,7 @@ def _triangles_around_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple
     """Per vertex, the (at most 6) faces touching it: inverse vertex matrices and corner ids (-1: none).
 
     Solving [A B C] λ = p gives the gnomonic barycentric coordinates of p in a face (the layout
-    `datamodules.regrid._locate` searches).
+    `datamodules.regrid.locate_in_triangles` searches).
     """
     slots = np.full((len(vertices), 6), -1, dtype=np.int64)
     fill = np.zeros(len(vertices), dtype=np.int64)
@@ -191,15 +191,15 @@ def sphere_to_ico(level: int = LEVEL) -> SphereToIco:
     inverses, corners = _triangles_around_vertices(source, np.asarray(faces))
     tree = cKDTree(source)
     distance, nearest = tree.query(target)
-    ids, lam = _locate(target, nearest[:, None], inverses, corners)
+    ids, lam = locate_in_triangles(target, nearest[:, None], inverses, corners)
     lost = np.flatnonzero(lam.min(axis=1) < -1e-9)
     if lost.size:
-        ids[lost], lam[lost] = _locate(target[lost], tree.query(target[lost], k=4)[1], inverses, corners)
+        ids[lost], lam[lost] = locate_in_triangles(target[lost], tree.query(target[lost], k=4)[1], inverses, corners)
     if (lam.min(axis=1) < -1e-9).any():
         raise RuntimeError("could not locate some IcoGrid vertices in UGSCNN's mesh")
     lam = np.clip(lam, 0.0, None)
     lam /= lam.sum(axis=1, keepdims=True)
     rows = np.repeat(np.arange(len(target)), 3)
-    weights = _from_triplets([rows], [ids.reshape(-1)], [lam.reshape(-1)], (len(target), len(source)))
+    weights = matrix_from_triplets([rows], [ids.reshape(-1)], [lam.reshape(-1)], (len(target), len(source)))
     angle = np.rad2deg(2 * np.arcsin(np.clip(distance / 2, 0.0, 1.0)))
     return SphereToIco(weights, nearest.astype(np.int64), angle)

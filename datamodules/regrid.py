@@ -278,10 +278,10 @@ def _bilinear_to_points(grid: LatLonGrid, tlat: np.ndarray, tlon: np.ndarray) ->
         rows.append(np.repeat(targets[in_cap], nlon))
         cols.append(grid.flat_index(np.repeat(row0[in_cap], nlon), np.tile(ring_cols, in_cap.size)))
         vals.append(np.repeat(cap[in_cap] / nlon, nlon))
-    return _from_triplets(rows, cols, vals, (len(tlat), grid.num_points))
+    return matrix_from_triplets(rows, cols, vals, (len(tlat), grid.num_points))
 
 
-def _from_triplets(rows: list, cols: list, vals: list, shape: tuple[int, int]) -> RegridMatrix:
+def matrix_from_triplets(rows: list, cols: list, vals: list, shape: tuple[int, int]) -> RegridMatrix:
     """Sum duplicate (target, source) pairs and drop zero weights, so that a NaN source only
     reaches the targets that really depend on it."""
     coo = scipy.sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape)
@@ -323,10 +323,10 @@ def _ico_bilinear_to_points(level: int, target_xyz: np.ndarray) -> RegridMatrix:
     rows, cols, vals = [], [], []
     for lo in range(0, len(target_xyz), _LOCATE_CHUNK):
         pts = target_xyz[lo : lo + _LOCATE_CHUNK]
-        ids, lam = _locate(pts, tree.query(pts, k=1)[1][:, None], inverses, corners)
+        ids, lam = locate_in_triangles(pts, tree.query(pts, k=1)[1][:, None], inverses, corners)
         lost = np.flatnonzero(lam.min(axis=1) < -1e-9)
         if lost.size:
-            ids[lost], lam[lost] = _locate(pts[lost], tree.query(pts[lost], k=4)[1], inverses, corners)
+            ids[lost], lam[lost] = locate_in_triangles(pts[lost], tree.query(pts[lost], k=4)[1], inverses, corners)
             if (lam[lost].min(axis=1) < -1e-9).any():
                 raise RuntimeError("could not locate some points in the icosahedral mesh")
         lam = np.clip(lam, 0.0, None)
@@ -334,10 +334,10 @@ def _ico_bilinear_to_points(level: int, target_xyz: np.ndarray) -> RegridMatrix:
         rows.append(np.repeat(np.arange(lo, lo + len(pts)), 3))
         cols.append(ids.reshape(-1))
         vals.append(lam.reshape(-1))
-    return _from_triplets(rows, cols, vals, (len(target_xyz), grid.num_vertices))
+    return matrix_from_triplets(rows, cols, vals, (len(target_xyz), grid.num_vertices))
 
 
-def _locate(
+def locate_in_triangles(
     pts: np.ndarray, candidates: np.ndarray, inverses: np.ndarray, corners: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Among the triangles around the candidate vertices, the one containing each point."""
@@ -374,7 +374,7 @@ def _conservative_to_ico(
     covered = np.bincount(coo.row, coo.data, minlength=ico.num_vertices)
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = coo.data / covered[coo.row]
-    return _from_triplets([coo.row], [coo.col], [weights], coo.shape)
+    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
 
 
 def _transposed_conservative(forward: RegridMatrix, areas: np.ndarray) -> RegridMatrix:
@@ -389,7 +389,7 @@ def _transposed_conservative(forward: RegridMatrix, areas: np.ndarray) -> Regrid
     coo = overlap.T.tocoo()
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = coo.data / col_sums[coo.row]
-    return _from_triplets([coo.row], [coo.col], [weights], coo.shape)
+    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
 
 
 def regrid_matrix(
