@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from torch.utils.data import default_collate
 
 from icolightning.grid import IcoGrid
 from icolightning.lightning.base import IcoTask, load_module
@@ -114,8 +115,10 @@ def save_segmentation_figures(model: SegmentationModule, datamodule: L.Lightning
     samples over their TMQ field (or the first input field)."""
     save_confusion_matrix(run_dir / "confusion_matrix.png", np.asarray(model.test_confusion), model.class_names)
     model.eval()
-    x, y = next(iter(datamodule.test_dataloader()))
-    x, y = x[:samples].to(model.device), y[:samples]
+    # The split's first samples, not the first batch of the loader: under DDP that is rank 0's share.
+    test_set = datamodule.test_dataloader().dataset
+    x, y = default_collate([test_set[i] for i in range(min(samples, len(test_set)))])
+    x = x.to(model.device)
     prediction = model(x).argmax(1).cpu().numpy()
     variables = list(model.data_stats.get("variables") or [])
     channel = variables.index("TMQ") if "TMQ" in variables else 0
