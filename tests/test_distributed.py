@@ -97,8 +97,11 @@ def test_eval_on_two_processes_equals_one_process(ddp_training, one_process_eval
     done = run_cli("icolightning-eval", [f"ckpt_path={best}", "trainer=ddp_cpu", "name=eval2", *TINY_DATA,
                                          f"paths.root_dir={root}"], root)
     assert done.returncode == 0, done.stderr[-3000:]
-    saved = json.loads((root / "outputs" / "eval" / "eval2" / "metrics.json").read_text())
-    _assert_same_metrics(saved["test"], expected, "icolightning-eval trainer=ddp_cpu")
+    run = root / "outputs" / "eval" / "eval2"
+    _assert_same_metrics(json.loads((run / "metrics.json").read_text())["test"], expected,
+                         "icolightning-eval trainer=ddp_cpu")
+    for figure in ("prediction_map.png", "confusion_matrix.png"):  # the split's first samples, all counts
+        assert (run / figure).read_bytes() == (root / "eval1" / figure).read_bytes(), figure
 
 
 def _written_by(log: Path) -> list[str]:

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
+from torch.utils.data import default_collate
 
 from icolightning.config_tree import CONFIG_DIR as CONFIG_DIR  # re-exported: tests and scripts compose from it
 from icolightning.errors import UsageError
@@ -177,8 +178,10 @@ def save_segmentation_figures(model: SegmentationModule, datamodule: L.Lightning
     samples over their TMQ field (or the first input field)."""
     save_confusion_matrix(run_dir / "confusion_matrix.png", np.asarray(model.test_confusion), model.class_names)
     model.eval()
-    x, y = next(iter(datamodule.test_dataloader()))
-    x, y = x[:samples].to(model.device), y[:samples]
+    # The split's first samples, not the first batch of the loader: under DDP that is rank 0's share.
+    test_set = datamodule.test_dataloader().dataset
+    x, y = default_collate([test_set[i] for i in range(min(samples, len(test_set)))])
+    x = x.to(model.device)
     prediction = model(x).argmax(1).cpu().numpy()
     variables = list(model.data_stats.get("variables") or [])
     channel = variables.index("TMQ") if "TMQ" in variables else 0
