@@ -129,9 +129,9 @@ def test_longer_resume_extends_the_schedule_and_keeps_the_checkpoint_statistics(
     assert torch.equal(state["state_dict"]["class_weights"], saved["state_dict"]["class_weights"])
 
 
-def test_fixed_schedule_shorter_than_the_run_is_refused_before_the_first_step(tmp_path):
-    refused = _train(tmp_path, "short", "+model.scheduler.total_steps=3", epochs=1)
+def test_fixed_schedule_shorter_than_the_run_is_refused_before_the_first_step(reference):
+    refused = _train(reference, "short", "+model.scheduler.total_steps=3", epochs=1)  # data already made
     assert refused.returncode != 0
     last_line = refused.stderr.strip().splitlines()[-1]
     assert "model.scheduler.total_steps=3 ends before the run does (5 steps)" in last_line, refused.stderr[-2000:]
-    assert not (tmp_path / "outputs" / "train" / "short" / "checkpoints").exists()
+    assert not (reference / "outputs" / "train" / "short" / "checkpoints").exists()

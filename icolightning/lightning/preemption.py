@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class PreemptionCheckpoint(L.Callback):
         self._stop_if_signalled(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training and not trainer.sanity_checking:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:  # not during trainer.validate
             self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:

@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 from torch.utils.data import default_collate
@@ -99,12 +100,14 @@ def agreed_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, run_dir: Path) -
 
     Ranks started by the cluster (srun, torchrun) resolve at the same time, possibly on nodes that
     see a shared file system differently, so they join the process group now (fit would do it first
-    thing) and take rank 0's choice. Ranks that Lightning launches itself start after rank 0 has
-    resolved, on its machine, and resolve the same way.
+    thing) and take rank 0's choice. Ranks that Lightning launches itself (LightningEnvironment: only
+    the children count as started externally) start after rank 0 has resolved, on its machine, and
+    resolve the same way.
     """
     strategy = trainer.strategy
     environment = getattr(strategy, "cluster_environment", None)
-    if trainer.world_size == 1 or environment is None or not environment.creates_processes_externally:
+    if (trainer.world_size == 1 or environment is None or isinstance(environment, LightningEnvironment)
+            or not environment.creates_processes_externally):
         return resolve_ckpt_path(ckpt_path, run_dir)
     strategy.setup_environment()
     choice = resolve_ckpt_path(ckpt_path, run_dir) if trainer.is_global_zero else None
