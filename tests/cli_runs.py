@@ -27,10 +27,12 @@ def compose_config(name: str, root: Path, run: str, overrides: list[str]):
     return cfg
 
 
-def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 240,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a console script; tests/ is importable in it (and in the DDP ranks it launches)."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    env |= extra_env or {}
     return subprocess.run([str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

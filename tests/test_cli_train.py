@@ -1,19 +1,20 @@
-"""The entry points end to end on a tiny synthetic set: train → eval → predict in-process (the same
-functions the console scripts call), and the console script's multirun guard. DDP runs through
-the console scripts are in test_distributed.py."""
+"""The entry points end to end: train → eval in-process on a tiny synthetic set (the same functions
+the console scripts call), the console scripts for predict with an oracle network and the
+multirun guard. DDP runs through the console scripts are in test_distributed.py."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from checkpoints import write_checkpoint
 from cli_runs import compose_config as _config
 from cli_runs import run_cli
 
-from icolightning.lightning.inference import predict
 from icolightning.lightning.run import evaluate, train
 
 
@@ -37,13 +38,20 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
     assert saved["global_step"] == results["global_step"] > 0
     for key in ("test/mAP", "test/mean_acc", "test/mean_iou", "test/acc_TC", "test/iou_AR"):
         assert 0.0 <= saved["test"][key] <= 1.0
+    test = saved["test"]  # the means are the means of the per-class values (every class is in the test split)
+    assert saved["absent_classes"] == {"val": [], "test": []}
+    assert test["test/mean_acc"] == pytest.approx(np.mean([test[f"test/acc_{c}"] for c in ("BG", "TC", "AR")]))
+    assert test["test/mAP"] == pytest.approx((test["test/ap_TC"] + test["test/ap_AR"]) / 2)
+    assert test["test/mean_iou"] == pytest.approx(np.mean([test[f"test/iou_{c}"] for c in ("BG", "TC", "AR")]))
+    with open(run / "csv" / "metrics.csv") as f:
+        per_epoch = [float(r["val/mAP"]) for r in csv.DictReader(f) if r.get("val/mAP")]
+    assert len(per_epoch) == 2 and saved["best_score"] == pytest.approx(max(per_epoch), abs=1e-6)
+    assert Path(results["best_checkpoint"]).name.startswith(f"best-epoch{per_epoch.index(max(per_epoch)):03d}")
     for name in ("TC", "AR"):  # event-level scores (icolightning.event_metrics); null when undefined
-        test = saved["test"]
         assert test[f"test/true_events_{name}"] >= test[f"test/detected_{name}"] >= 0
         true, detected = test[f"test/true_events_{name}"], test[f"test/detected_{name}"]
         assert test[f"test/event_pod_{name}"] == (pytest.approx(detected / true, abs=1e-6) if true else None)
         assert f"test/event_far_{name}" in test
-    assert saved["best_score"] == pytest.approx(saved["val"]["val/mAP"], abs=1.0)  # present, a number
     assert (root / "data" / "synthetic_climatenet" / "train").is_dir()  # generated on first use
 
 
@@ -63,24 +71,50 @@ def test_eval_reproduces_the_test_metrics_of_the_best_checkpoint(trained, capsys
     assert "test/mAP" in capsys.readouterr().out
 
 
-def test_predict_writes_masks_on_the_input_grid(trained, tmp_path):
-    root, results = trained
-    source = sorted((root / "data" / "synthetic_climatenet" / "test").glob("*.nc"))[0]
-    flipped = tmp_path / "flipped.nc"  # descending latitude, longitudes -180..180
-    with xr.open_dataset(source) as ds:
-        ds = ds.isel(lat=slice(None, None, -1)).assign_coords(lon=((ds.lon + 180) % 360) - 180).sortby("lon")
-        ds.to_netcdf(flipped)
-    cfg = _config("predict", root, "predict", [f"ckpt_path={results['best_checkpoint']}",
-                                                 f"input={flipped}", f"output={tmp_path / 'out'}"])
-    written = predict(cfg)
-    with xr.open_dataset(written[str(flipped)]) as out, xr.open_dataset(flipped) as inp:
-        assert out.LABELS.shape == (1, inp.sizes["lat"], inp.sizes["lon"])
-        np.testing.assert_array_equal(out.lat, inp.lat)
-        np.testing.assert_array_equal(out.lon, inp.lon)
-        probs = out.PROBABILITIES.values
-        assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
-        agreement = (out.LABELS.values[0] == inp.LABELS.values).mean()
-    assert agreement > 0.5  # a trained model on the input's own grid, not noise or a flipped map
+def _oracle_answer(lat: np.ndarray, lon: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """What tests/oracle_net.py must predict on _oracle_input's step, and the cells far enough from a class
+    boundary (3 degrees; meridians converge south of 80 S) for nearest-vertex labels to be exact."""
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    tmq, u850 = lat2 + 10.0 * step, np.cos(np.deg2rad(lon2 - 100.0))
+    answer = np.where(tmq > 30.0, 1, np.where(u850 > 0.5, 2, 0))
+    off_meridian = np.minimum(np.abs((lon2 - 40 + 180) % 360 - 180), np.abs((lon2 - 160 + 180) % 360 - 180))
+    clear = (np.abs(tmq - 30.0) > 3) & ((tmq > 30.0) | ((off_meridian > 3) & (lat2 > -80)))
+    return answer, clear
+
+
+def _oracle_input(path: Path, steps: int) -> xr.Dataset:
+    """Descending latitudes, longitudes -180..180; TMQ = latitude + 10 * step, U850 = cos(lon - 100)."""
+    lat, lon = np.arange(89.0, -90.0, -2.0), np.arange(-180.0, 180.0, 2.0)
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    tmq = np.stack([lat2 + 10.0 * t for t in range(steps)]).astype(np.float32)
+    u850 = np.broadcast_to(np.cos(np.deg2rad(lon2 - 100.0)), tmq.shape).astype(np.float32)
+    zeros = np.zeros_like(tmq)
+    dims = ("time", "lat", "lon")
+    ds = xr.Dataset({"TMQ": (dims, tmq), "U850": (dims, u850), "V850": (dims, zeros), "PSL": (dims, zeros)},
+                    coords={"time": np.arange(steps), "lat": lat, "lon": lon})
+    ds.to_netcdf(path)
+    return ds
+
+
+def test_predict_gives_the_oracle_answer_on_the_input_grid(tmp_path):
+    """The real icolightning-predict with a network whose output is a known function of its input, on a
+    file with flipped latitudes and -180..180 longitudes, streamed in slabs of 2 of its 3 steps."""
+    ckpt = write_checkpoint(tmp_path / "oracle.ckpt", net={"_target_": "oracle_net.OracleNet"}, level=5)
+    ds = _oracle_input(tmp_path / "flipped.nc", steps=3)
+    done = run_cli("icolightning-predict", [f"ckpt_path={ckpt}", f"input={tmp_path / 'flipped.nc'}",
+                                            f"output={tmp_path / 'out'}", "slab_steps=2", f"paths.root_dir={tmp_path}"],
+                   tmp_path, extra_env={"ICOLIGHTNING_TRUSTED_MODULES": "oracle_net"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    with xr.open_dataset(tmp_path / "out" / "flipped_prediction.nc") as out:
+        np.testing.assert_array_equal(out.lat, ds.lat)
+        np.testing.assert_array_equal(out.lon, ds.lon)
+        assert out.LABELS.dims == ("time", "lat", "lon") and out.LABELS.shape == (3, 90, 180)
+        np.testing.assert_allclose(out.PROBABILITIES.values.sum(1), 1.0, atol=1e-4)
+        for step in range(3):
+            answer, clear = _oracle_answer(ds.lat.values, ds.lon.values, step)
+            assert clear.mean() > 0.8
+            agreement = (out.LABELS.values[step] == answer)[clear].mean()
+            assert agreement >= 0.99, (step, agreement)
     assert (tmp_path / "out" / "flipped_prediction.png").is_file()
 
 

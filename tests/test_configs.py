@@ -13,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
+from icolightning.errors import UsageError
 from icolightning.lightning import ClassificationModule, IcoTask, SegmentationModule
 from icolightning.lightning.config import instantiate_list, instantiate_module
 from icolightning.lightning.run import CONFIG_DIR, refuse_multirun_ddp
@@ -108,10 +109,27 @@ _ENTRY_POINTS = [("predict", ["ckpt_path=x.ckpt", "input=x.nc"]),
 
 @pytest.mark.parametrize(("name", "overrides"), _ENTRY_POINTS)
 def test_entry_configs_compose(tmp_path, name, overrides):
-    cfg = _compose(tmp_path, [o for o in overrides if not o.endswith("=None")], name)
+    """Each entry config composes with each option, and the option's own values are what the job gets."""
+    chosen = [o for o in overrides if not o.endswith("=None")]
+    cfg = _compose(tmp_path, chosen, name)
     assert cfg.task_name == name
+    assert str(cfg.paths.output_dir) == f"{tmp_path}/run"
+    if name == "predict":
+        assert (cfg.ckpt_path, cfg.input, cfg.output) == ("x.ckpt", "x.nc", f"{tmp_path}/run")
+        assert cfg.slab_steps > 0 and cfg.batch_size > 0
+        return
+    option = chosen[-1].partition("=")[2] if len(chosen) > (name == "eval") else None
+    group = "experiment" if name == "eval" else "debug"
+    own = OmegaConf.load(CONF / group / f"{option}.yaml") if option else OmegaConf.create({})
+    if "name" in own or not option:
+        assert cfg.name == own.get("name", "default")
+    for key, value in (own.get("trainer") or {}).items():
+        assert cfg.trainer[key] == value, key
+    for key, value in (own.get("data") or {}).items():
+        assert cfg.data[key] == value, key
     if name == "train":
-        assert instantiate_list(cfg.callbacks) is not None
+        assert [type(c).__name__ for c in instantiate_list(cfg.callbacks)] == [
+            "ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RNGStateCheckpoint"]
 
 
 def test_run_folder_is_deterministic(tmp_path):
@@ -126,7 +144,7 @@ def test_multirun_with_ddp_is_refused(tmp_path):
     with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
-    with pytest.raises(SystemExit, match="multirun"):
+    with pytest.raises(UsageError, match="multirun"):
         refuse_multirun_ddp(cfg)
     with open_dict(cfg):
         cfg.trainer.strategy = "auto"

@@ -140,6 +140,18 @@ def fitted_in_spawned_processes(trainer: L.Trainer) -> bool:
     return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
+def best_model_score(trainer: L.Trainer, best: str | None) -> float | None:
+    """The monitored value of the best checkpoint; under ddp_spawn this process only gets the path
+    back, so the score comes from the callback state saved in that checkpoint."""
+    callback = trainer.checkpoint_callback
+    score = getattr(callback, "best_model_score", None)
+    if score is None and best and fitted_in_spawned_processes(trainer):
+        states = torch.load(best, map_location="cpu", weights_only=True).get("callbacks", {}).values()
+        score = next((s["best_model_score"] for s in states
+                      if s.get("monitor") == callback.monitor and s.get("best_model_score") is not None), None)
+    return None if score is None or not best else float(score)
+
+
 def save_final_checkpoint(trainer: L.Trainer) -> tuple[str | None, int]:
     """Write the end-of-fit state as last.ckpt (the step-interval callback only saves every N steps);
     returns its path and global step (under ddp_spawn: the one rank 0 wrote)."""
@@ -218,9 +230,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     results["best_checkpoint"] = best
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    if best and score is not None:  # None without a monitored metric (callbacks=none)
-        results["best_score"] = float(score)
+    score = best_model_score(trainer, best)
+    if score is not None:  # None without a monitored metric (callbacks=none)
+        results["best_score"] = score
     if cfg.test:
         tested_ckpt = best if cfg.train else resolve_ckpt_path(cfg.ckpt_path, run_dir)
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=tested_ckpt, weights_only=True)
