@@ -2,7 +2,7 @@
 same `train()` the console script calls. Each row picks one option per group so that together the
 rows cover them all; limits keep each fit to a few batches (the accelerator is the CPU, devices 1
 unless the row is about DDP). ``trainer.strategy=ddp_spawn`` with the planar baseline is a row too:
-it pickles the model (and its IcoGrid) into two spawned processes."""
+it pickles the model (and its IcoGrid) into two spawned processes (marked slow: `pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,11 @@ def _slurm_env(monkeypatch) -> None:
         monkeypatch.setenv(key, str(value))
 
 
-@pytest.mark.parametrize("row", list(ROWS))
+SLOW_ROWS = {"mnist_planar_n-ddp_spawn"}  # two spawned processes import torch and Lightning: about a minute idle;
+# its cause (IcoGrid could not be pickled) is covered in CI by tests/test_pickling.py
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_ROWS else r for r in ROWS])
 def test_every_option_fits(root, row, monkeypatch):
     if row == "trainer_slurm":
         _slurm_env(monkeypatch)
