@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-
-def slurm_rank() -> int:
-    """This task's rank under srun (SLURM_PROCID), 0 elsewhere (Lightning-launched DDP ranks get
-    their own Hydra job name and output subfolder from Lightning)."""
-    return int(os.environ.get("SLURM_PROCID", "0"))
-
-
-def register_resolvers() -> None:
-    """`${len:${data.variables}}` lets the model's channel count follow the chosen variables;
-    `${rank_zero_only:x}` (x on rank 0, else null) and `${rank_suffix:}` ("" on rank 0, else
-    "_rank<N>") keep `.hydra/` and train.log to rank 0 when srun starts every rank alike."""
-    if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
-    if not OmegaConf.has_resolver("rank_zero_only"):
-        OmegaConf.register_new_resolver("rank_zero_only", lambda value: value if slurm_rank() == 0 else None)
-    if not OmegaConf.has_resolver("rank_suffix"):
-        OmegaConf.register_new_resolver("rank_suffix", lambda: f"_rank{slurm_rank()}" if slurm_rank() else "")
-
-
-register_resolvers()
 
 
 def to_primitive(value: Any) -> Any:
