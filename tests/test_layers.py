@@ -200,6 +200,22 @@ def test_gradcheck_pool_and_upsample():
     assert torch.autograd.gradcheck(signal_fn(IcoUpsample(1)), (x1,), fast_mode=True)
 
 
+def test_gradcheck_norms():
+    """IcoBatchNorm's backward is written out by hand (closed form through the batch statistics)."""
+    x = (_input(1, 2, 6)[:1] + 3).requires_grad_()  # a non-zero mean, as features have
+    for layer in (IcoBatchNorm(2), IcoBatchNorm(2, affine=False), IcoLayerNorm(2)):
+        layer = layer.double()
+        params = tuple(layer.parameters())
+        for p in params:
+            with torch.no_grad():
+                p.normal_()
+
+        def fn(x, *_params, layer=layer):
+            return signal_fn(layer)(x)
+
+        assert torch.autograd.gradcheck(fn, (x, *params), fast_mode=True)
+
+
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
