@@ -9,8 +9,9 @@ Forward + backward of a loss, batch 8, float32 by default, interleaved in one pr
 N), plus the peak memory a step allocates beyond what it holds before it starts. The planar
 networks run in both layouts (NCHW and channels-last); the ratio is taken against the faster.
 
-    python scripts/bench_model.py                    # levels 4, 5, 6 (about 2-3 min on 2 cores)
-    python scripts/bench_model.py --level 5 --repeats 7
+    python scripts/bench_model.py                    # levels 4 and 5 (about 1-2 min on 2 quiet cores)
+    python scripts/bench_model.py --level 4 5 6      # + level 6 (several minutes more on a CPU)
+    python scripts/bench_model.py --threads 1 --clock cpu   # steadier on a shared machine
     python scripts/bench_model.py --device cuda --dtype bfloat16
 """
 
@@ -151,7 +152,7 @@ def _case(task: str, level: int, batch: int, device: torch.device, dtype: torch.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--level", type=int, nargs="*", default=[4, 5, 6])
+    parser.add_argument("--level", type=int, nargs="*", default=[4, 5])
     parser.add_argument("--model", nargs="*", choices=["unet", "classifier"], default=["unet", "classifier"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per network (median)")
