@@ -49,8 +49,3 @@ def empty_planes(images: int, channels: int, height: int, width: int, like: torc
     return torch.empty((images, channels, height, width), dtype=like.dtype, device=like.device,
                        memory_format=torch.channels_last)
 
-
-def per_channel(values: torch.Tensor, orientations_axis: bool = True) -> torch.Tensor:
-    """[C] -> a view broadcasting over the memory-order [..., C, R] tensors (or [..., C] if not
-    `orientations_axis`)."""
-    return values.view(-1, 1) if orientations_axis else values

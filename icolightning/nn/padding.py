@@ -1,6 +1,7 @@
 """Gauge padding: charts -> one-pixel-padded charts laid out for a batched conv2d.
 
-The padded buffer is [B, 5, C, R, H+2, W+2] (charts become batch entries). Its interior is one
+The padded buffer is [B, C, R, 5, H+2, W+2] in the layout of `layout.py` (a channels-last
+[B·5, C·R, H+2, W+2] image batch: charts become batch entries). Its interior is one
 strided copy of the input; the border (a few cells per chart) is a small gather whose index
 tables come from `tables.padding_table`. The same autograd function also hands out the small
 things the corner rule needs (3x3 patches around the chart corners, corner orientation means,
