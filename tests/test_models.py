@@ -163,3 +163,25 @@ def test_models_train_under_bfloat16_autocast():
         assert out16.dtype == torch.bfloat16
         assert _relative_error(out16, out32) < BF16_LOGIT_TOL
         assert ((grad16 - grad32).norm() / grad32.norm()).item() < BF16_GRAD_TOL
+
+
+def test_features_stay_in_one_layout_from_input_to_logits():
+    """Every layer of both models hands the next one charts already in `nn.layout`'s layout, so no
+    layer pays for a reordering copy (the next padding or norm would otherwise transpose them)."""
+    from icolightning.nn import IcoSignal
+    from icolightning.nn.layout import in_layout
+
+    seen = []
+
+    def check(module, _inputs, out):
+        if isinstance(out, IcoSignal):
+            seen.append((type(module).__name__, in_layout(out.charts)))
+
+    for model in (IcoUNet(2, 3, 3, widths=(4, 6, 8)), IcoClassifier(2, 4, 3, widths=(4, 6))):
+        handles = [m.register_forward_hook(check) for m in model.modules()]
+        model(torch.randn(2, 2, IcoGrid(3).num_vertices)).sum().backward()
+        for handle in handles:
+            handle.remove()
+    kinds = {name for name, _ in seen}
+    assert {"IcoConv", "IcoBatchNorm", "IcoPointwise", "HexPool", "IcoUpsample", "OrientationPool"} <= kinds
+    assert all(ok for _, ok in seen), [name for name, ok in seen if not ok]
