@@ -10,6 +10,11 @@ Target (DESIGN §7): regular->regular, level 5, 16x6 -> 16x6 channels, batch 8: 
     python scripts/bench_conv.py                  # the full table (levels 4-6, lifting layer)
     python scripts/bench_conv.py --level 5 --repeats 20
     python scripts/bench_conv.py --device cuda --dtype bfloat16
+    python scripts/bench_conv.py --level 5 --torch-harmonics   # + torch-harmonics' DISCO convolution
+
+`--torch-harmonics` (optional extra: pip install torch-harmonics) also times the alternative a
+user would pick, `DiscreteContinuousConvS2` with the same dense channels (C·6 -> C·6) on an
+equiangular grid with about as many points as the level (72x144 at level 5).
 """
 
 from __future__ import annotations
@@ -92,6 +97,40 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     return ico, plain, plain_cl
 
 
+def compare_disco(level: int, channels: int, batch: int, repeats: int, device: torch.device, dtype: torch.dtype,
+                  clock=time.perf_counter) -> tuple[float, float, tuple[int, int]]:
+    """Median seconds of (IcoConv regular->regular, torch-harmonics DiscreteContinuousConvS2) and its grid."""
+    from torch_harmonics import DiscreteContinuousConvS2
+
+    nlat = round((IcoGrid(level).num_vertices / 2) ** 0.5)
+    shape = (nlat, 2 * nlat)
+    dense = channels * 6
+    disco = DiscreteContinuousConvS2(dense, dense, shape, shape, kernel_shape=3).to(device, dtype)
+    conv = IcoConv(channels, channels, level).to(device, dtype)
+    x_disco = torch.randn(batch, dense, *shape, device=device, dtype=dtype, requires_grad=True)
+    x_ico = torch.randn(batch, channels, 6, IcoGrid(level).num_vertices, device=device, dtype=dtype,
+                        requires_grad=True)
+    leaves = (x_disco, x_ico, *disco.parameters(), *conv.parameters())
+
+    def reset() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+
+    def ico_step() -> None:
+        conv(IcoSignal.from_vertices(x_ico)).to_vertices().square().mean().backward()
+
+    def disco_step() -> None:
+        disco(x_disco).square().mean().backward()
+
+    for _ in range(2):
+        ico_step(), disco_step()
+    times: list[list[float]] = [[], []]
+    for _ in range(repeats):
+        for step, record in zip((ico_step, disco_step), times, strict=True):
+            record.append(_time(step, device, reset, clock))
+    return statistics.median(times[0]), statistics.median(times[1]), shape
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", type=int, nargs="*", default=[4, 5, 6])
@@ -103,6 +142,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu = process CPU time, steadier when other programs share the machine")
+    parser.add_argument("--torch-harmonics", action="store_true",
+                        help="also time torch-harmonics' DiscreteContinuousConvS2 (optional extra)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,6 +160,12 @@ def main() -> None:
         name = "regular->regular" if in_rep == "regular" else "scalar->regular"
         print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>10.1f}{plain_cl * 1e3:>10.1f}"
               f"{ico / plain:>9.3f}{ico / plain_cl:>9.3f}")
+    if args.torch_harmonics:
+        print("IcoConv (vertex tensors in and out) vs torch-harmonics DiscreteContinuousConvS2, same dense channels")
+        for level in args.level:
+            ico, disco, shape = compare_disco(level, args.channels, args.batch, args.repeats, device, dtype, clock)
+            print(f"level {level}: IcoConv {ico * 1e3:.1f} ms, DISCO {shape[0]}x{shape[1]} {disco * 1e3:.1f} ms, "
+                  f"ratio {ico / disco:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -102,7 +102,7 @@ def test_gauge_pad_moves_values_and_shifts_orientations_as_the_table_says():
     orient = torch.arange(6, dtype=torch.float64)
     x = (ids[None, :] * 10 + orient[:, None])[None, None]
     x[..., grid.corners] = x[..., grid.corners].mean(-2, keepdim=True)
-    buf = GaugePad(level)(IcoSignal.from_vertices(x)).buf[0, :, 0]
+    buf = GaugePad(level)(IcoSignal.from_vertices(x)).buf[0, 0].transpose(0, 1)  # [5, R, H+2, W+2]
     for c, hp, wp, kind, source, shift in zip(table.chart, table.hp, table.wp, table.kind, table.source, table.shift,
                                               strict=True):
         got = buf[c, :, hp, wp]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icolightning.grid import HEX_OFFSETS, ORIENTATIONS, IcoGrid
+from icolightning.nn.layout import charts_view, planes
 from icolightning.nn.padding import GaugePad, Padded
 from icolightning.nn.signal import IcoSignal, rep_size
 from icolightning.nn.tables import corner_table, kernel_expansion
@@ -111,10 +112,10 @@ class IcoConv(nn.Module):
             raise ValueError(f"{self.__class__.__name__}({self.extra_repr()}) got charts of shape "
                              f"{tuple(signal.charts.shape)}")
         padded = self.pad(signal)
-        b, _, c_in, r_in, hp, wp = padded.buf.shape
+        b = padded.buf.shape[0]
         kernel = self.dense_kernel()
         bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
-        y = F.conv2d(padded.buf.view(b * 5, c_in * r_in, hp, wp), kernel, bias, stride=self.stride)
+        y = F.conv2d(planes(padded.buf), kernel, bias, stride=self.stride)
 
         corners = self._corner_outputs(padded, kernel).to(y.dtype)
         rows = self.out_channels * self.out_orientations
@@ -134,7 +135,7 @@ class IcoConv(nn.Module):
                 raw = raw + bias[:, None]
             y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
 
-        charts = y.view(b, 5, self.out_channels, self.out_orientations, *y.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
+        charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, 5, *y.shape[-2:], self.out_channels, -1))
         poles = corners[:, :, None, 10:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
 

@@ -11,28 +11,17 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn as dist_nn
-import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from icolightning.nn.layout import charts_view, memory
 from icolightning.nn.signal import IcoSignal
 
 
-def _flat(x: IcoSignal) -> torch.Tensor:
-    """[B, C, R·N] with every orientation of every vertex."""
-    b, c = x.charts.shape[:2]
-    return torch.cat([x.charts.reshape(b, c, -1), x.poles.reshape(b, c, -1)], dim=-1)
-
-
-def _unflat(flat: torch.Tensor, like: IcoSignal) -> IcoSignal:
-    n_chart = like.charts[0, 0].numel()
-    charts = flat[..., :n_chart].reshape(flat.shape[0], flat.shape[1], *like.charts.shape[2:])
-    return IcoSignal(charts, flat[..., n_chart:].reshape(flat.shape[0], flat.shape[1], *like.poles.shape[2:]))
-
-
-def _all_reduce_sum(t: torch.Tensor, group: object | None) -> torch.Tensor:
-    """Differentiable sum over the ranks: its backward all-reduces the gradients the same way."""
-    return dist_nn.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+def _per_channel(x: IcoSignal, chart_fn: Callable[[torch.Tensor], torch.Tensor],
+                 pole_fn: Callable[[torch.Tensor], torch.Tensor]) -> IcoSignal:
+    """Apply per-channel maps to the charts in memory order ([..., C, R]) and to the poles ([B, C, R, 2])."""
+    return IcoSignal(charts_view(chart_fn(memory(x.charts))), pole_fn(x.poles))
 
 
 def distributed_world(group: object | None = None) -> int:
@@ -75,52 +64,95 @@ class IcoBatchNorm(nn.Module):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}, sync={self.sync}")
 
-    def _channel_sums(self, x: IcoSignal, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Per-channel Σ fn(x) over batch, orientations, charts and poles, in float32 or wider."""
-        dtype = torch.promote_types(x.charts.dtype, torch.float32)
-        charts, poles = fn(x.charts.to(dtype)), fn(x.poles.to(dtype))
-        return charts.sum((0, 2, 3, 4, 5)) + poles.sum((0, 2, 3))
-
-    def _batch_statistics(self, x: IcoSignal) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Mean and biased variance (two passes, so no cancellation), and the count behind them."""
-        b, r = x.charts.shape[0], x.charts.shape[2]
-        count = b * r * (x.charts[0, 0, 0].numel() + x.poles.shape[-1])
-        group = self.process_group
-        syncing = self.sync and distributed_world(group) > 1
-        total = self._channel_sums(x, lambda t: t)
-        if syncing:
-            count_t = torch.tensor([float(count)], device=total.device, dtype=total.dtype)
-            total, count_t = _all_reduce_sum(total, group), dist_nn.all_reduce(count_t, group=group)
-            count = int(count_t.item())
-        mean = total / count
-        centred = self._channel_sums(x, lambda t: (t - mean.view(1, -1, *([1] * (t.dim() - 2)))).square())
-        if syncing:
-            centred = _all_reduce_sum(centred, group)
-        return mean, centred / count, count
-
     def forward(self, x: IcoSignal) -> IcoSignal:
-        use_batch = self.training or not self.track_running_stats
-        if use_batch:
-            mean, var, count = self._batch_statistics(x)
+        if self.training or not self.track_running_stats:
+            syncing = self.sync and distributed_world(self.process_group) > 1
+            charts, poles, mean, var, count = _BatchNormFunction.apply(
+                memory(x.charts), x.poles, self.weight, self.bias, self.eps, syncing, self.process_group)
             if self.training and self.track_running_stats:
                 with torch.no_grad():
                     self.num_batches_tracked += 1
                     unbiased = var * (count / max(count - 1, 1))
                     self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
                     self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
+            return IcoSignal(charts_view(charts), poles)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        shift = -self.running_mean * scale
         if self.affine:
             scale, shift = scale * self.weight, shift * self.weight + self.bias
-        dtype = x.charts.dtype
+        scale, shift = scale.to(x.charts.dtype), shift.to(x.charts.dtype)
+        return _per_channel(x, lambda t: torch.addcmul(shift.view(-1, 1), t, scale.view(-1, 1)),
+                            lambda t: torch.addcmul(shift.view(-1, 1, 1), t, scale.view(-1, 1, 1)))
 
-        def affine(t: torch.Tensor) -> torch.Tensor:
-            shape = (1, -1, *([1] * (t.dim() - 2)))
-            return torch.addcmul(shift.to(dtype).view(shape), t, scale.to(dtype).view(shape))
 
-        return x.map(affine)
+def _channel_sums(charts: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
+    """Per-channel sums over everything else of memory-order charts [..., C, R] and poles [B, C, R, 2]."""
+    c, r = charts.shape[-2:]
+    return charts.reshape(-1, c * r).sum(0).view(c, r).sum(1) + poles.sum((0, 2, 3))
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Batch norm over memory-order charts and poles with the closed-form backward.
+
+    Statistics (and, in backward, the two per-channel gradient sums) are reduced in float32 or
+    wider and summed over the ranks of `group` when `syncing`: each rank's input gradient is then
+    exactly the one-process gradient of its samples; weight and bias gradients stay per rank (DDP
+    sums them). Autograd through the statistics would cost several full-size passes more.
+    """
+
+    @staticmethod
+    def forward(ctx, charts, poles, weight, bias, eps: float, syncing: bool, group):
+        acc = torch.promote_types(charts.dtype, torch.float32)
+        c = charts.shape[-2]
+        count = charts.numel() // c + poles.numel() // c
+        total = _channel_sums(charts.to(acc), poles.to(acc))
+        if syncing:
+            stats = torch.cat([total, total.new_tensor([count])])
+            dist.all_reduce(stats, group=group)
+            total, count = stats[:-1], int(stats[-1].item())
+        mean = total / count
+        centred = _channel_sums((charts.to(acc) - mean.view(c, 1)).square(),
+                                (poles.to(acc) - mean.view(c, 1, 1)).square())
+        if syncing:
+            dist.all_reduce(centred, group=group)
+        var = centred / count
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        scale_, shift_ = scale.to(charts.dtype), shift.to(charts.dtype)
+        out_charts = torch.addcmul(shift_.view(c, 1), charts, scale_.view(c, 1))
+        out_poles = torch.addcmul(shift_.view(c, 1, 1), poles, scale_.view(c, 1, 1))
+        ctx.save_for_backward(charts, poles, weight, mean, invstd)
+        ctx.count, ctx.syncing, ctx.group = count, syncing, group
+        ctx.mark_non_differentiable(mean, var)
+        return out_charts, out_poles, mean, var, count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_charts, g_poles, _g_mean, _g_var, _g_count):
+        charts, poles, weight, mean, invstd = ctx.saved_tensors
+        acc = mean.dtype
+        c = mean.shape[0]
+        g_charts, g_poles = g_charts.to(acc), g_poles.to(acc)
+        sum_g = _channel_sums(g_charts, g_poles)
+        sum_gx = _channel_sums(g_charts * charts.to(acc), g_poles * poles.to(acc))
+        sum_gxhat = (sum_gx - mean * sum_g) * invstd
+        grad_weight = sum_gxhat if weight is not None and ctx.needs_input_grad[2] else None
+        grad_bias = sum_g if ctx.needs_input_grad[3] else None
+        if ctx.syncing:
+            both = torch.cat([sum_g, sum_gxhat])
+            dist.all_reduce(both, group=ctx.group)
+            sum_g, sum_gxhat = both[:c], both[c:]
+        # grad_x = k (g - mean(g) - xhat mean(g xhat)) = k g + a x + b, per channel
+        k = invstd if weight is None else invstd * weight
+        a = -k * invstd * sum_gxhat / ctx.count
+        b = -k * sum_g / ctx.count - a * mean
+        dtype = charts.dtype
+        k, a, b = k.to(dtype), a.to(dtype), b.to(dtype)
+        grad_charts = torch.addcmul(b.view(c, 1), charts, a.view(c, 1)).addcmul_(g_charts.to(dtype), k.view(c, 1))
+        grad_poles = torch.addcmul(b.view(c, 1, 1), poles, a.view(c, 1, 1)).addcmul_(g_poles.to(dtype),
+                                                                                     k.view(c, 1, 1))
+        return grad_charts, grad_poles, grad_weight, grad_bias, None, None, None
 
 
 def set_batchnorm_sync(module: nn.Module, sync: bool, process_group: object | None = None) -> int:
@@ -141,11 +173,22 @@ class IcoLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: IcoSignal) -> IcoSignal:
-        flat = _flat(x)
-        normed = F.layer_norm(flat, flat.shape[1:], eps=self.eps)
+        dtype = torch.promote_types(x.charts.dtype, torch.float32)
+        b = x.charts.shape[0]
+        count = x.charts[0].numel() + x.poles[0].numel()
+
+        def sample_sums(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, -1).sum(1)
+
+        charts, poles = memory(x.charts).to(dtype), x.poles.to(dtype)
+        mean = (sample_sums(charts) + sample_sums(poles)) / count
+        centred = charts - mean.view(b, 1, 1, 1, 1, 1), poles - mean.view(b, 1, 1, 1)
+        rstd = torch.rsqrt((sample_sums(centred[0].square()) + sample_sums(centred[1].square())) / count + self.eps)
+        charts, poles = centred[0] * rstd.view(b, 1, 1, 1, 1, 1), centred[1] * rstd.view(b, 1, 1, 1)
         if self.weight is not None:
-            normed = normed * self.weight[:, None] + self.bias[:, None]
-        return _unflat(normed, x)
+            charts = torch.addcmul(self.bias.view(-1, 1), charts, self.weight.view(-1, 1))
+            poles = torch.addcmul(self.bias.view(-1, 1, 1), poles, self.weight.view(-1, 1, 1))
+        return IcoSignal(charts_view(charts.to(x.charts.dtype)), poles.to(x.charts.dtype))
 
 
 class IcoPointwise(nn.Module):
@@ -178,4 +221,4 @@ class IcoDropout(nn.Module):
             return x
         b, c = x.charts.shape[:2]
         keep = torch.bernoulli(x.charts.new_full((b, c), 1.0 - self.p)) / (1.0 - self.p)
-        return IcoSignal(x.charts * keep.view(b, c, 1, 1, 1, 1), x.poles * keep.view(b, c, 1, 1))
+        return _per_channel(x, lambda t: t * keep.view(b, 1, 1, 1, c, 1), lambda t: t * keep.view(b, c, 1, 1))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from icolightning.grid import HEX_OFFSETS, IcoGrid
+from icolightning.nn.layout import charts_view, memory
 from icolightning.nn.padding import GaugePad
 from icolightning.nn.signal import IcoSignal
 
@@ -45,17 +46,17 @@ class HexPool(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         padded = self.pad(x)
+        buf = memory(padded.buf)
         h, w = x.charts.shape[-2:]
-        windows = [padded.buf[..., 1 + dh: 1 + dh + h: 2, 1 + dw: 1 + dw + w: 2]
-                   for dh, dw in ((0, 0), *HEX_OFFSETS)]
-        pooled = _reduce(torch.stack(windows), self.mode, 0)
+        windows = [buf[:, :, 1 + dh: 1 + dh + h: 2, 1 + dw: 1 + dw + w: 2] for dh, dw in ((0, 0), *HEX_OFFSETS)]
+        pooled = _reduce(torch.stack(windows, dim=-1), self.mode, -1)  # [B, 5, h, w, C, R], the layout
         neighbourhood = torch.cat([padded.corner_own[..., None], padded.corner_neighbours.mean(2)], dim=-1)
         corners = _reduce(neighbourhood, self.mode, -1)
-        by_pixel = pooled.permute(1, 4, 5, 0, 2, 3)
-        values = corners[:, :, None, :10].permute(3, 0, 1, 2).expand(-1, -1, -1, by_pixel.shape[-1])
-        by_pixel = by_pixel.index_put((self.out_c, self.out_h, self.out_w), values)
-        b, c, r = by_pixel.shape[3:]
-        return IcoSignal(by_pixel.permute(3, 4, 5, 0, 1, 2), corners[:, :, None, 10:].expand(b, c, r, 2).contiguous())
+        b, c, r = x.charts.shape[:3]
+        values = corners[:, :, :10].transpose(1, 2)[..., None].expand(b, 10, c, r)
+        batch = torch.arange(b, device=pooled.device)[:, None]
+        pooled = pooled.index_put((batch, self.out_c, self.out_h, self.out_w), values)
+        return IcoSignal(charts_view(pooled), corners[:, :, None, 10:].expand(b, c, r, 2).contiguous())
 
 
 class IcoUpsample(nn.Module):
@@ -71,17 +72,17 @@ class IcoUpsample(nn.Module):
         return f"level={self.level} -> {self.level + 1}"
 
     def forward(self, x: IcoSignal) -> IcoSignal:
-        buf = self.pad(x).buf
+        buf = memory(self.pad(x).buf)  # [B, 5, H+2, W+2, C, R]
         h, w = x.charts.shape[-2:]
-        here = buf[..., 1:h + 1, 1:w + 1]
-        along_w = (here + buf[..., 1:h + 1, 2:w + 2]) / 2
-        along_h = (here + buf[..., 2:h + 2, 1:w + 1]) / 2
-        diagonal = (here + buf[..., 2:h + 2, 2:w + 2]) / 2
-        even_rows = torch.stack([here, along_w], dim=-1).flatten(-2)
-        odd_rows = torch.stack([along_h, diagonal], dim=-1).flatten(-2)
-        fine = torch.stack([even_rows, odd_rows], dim=-2).flatten(-3, -2)
+        here = buf[:, :, 1:h + 1, 1:w + 1]
+        along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
+        along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
+        diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
+        even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
+        odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
+        fine = torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)  # [B, 5, 2H, 2W, C, R], the layout
         poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
-        return IcoSignal(fine.permute(0, 2, 3, 1, 4, 5), poles)
+        return IcoSignal(charts_view(fine), poles)
 
 
 class OrientationPool(nn.Module):
@@ -97,4 +98,5 @@ class OrientationPool(nn.Module):
         return f"mode={self.mode}"
 
     def forward(self, x: IcoSignal) -> IcoSignal:
-        return x.map(lambda t: _reduce(t, self.mode, 2).unsqueeze(2))
+        charts = _reduce(memory(x.charts), self.mode, -1).unsqueeze(-1)
+        return IcoSignal(charts_view(charts), _reduce(x.poles, self.mode, 2).unsqueeze(2))

@@ -2,7 +2,8 @@
 
 The 5 charts hold every vertex but the poles, so a layer that must give the poles a real value
 carries them alongside: `charts` [B, C, R, 5, H, W] and `poles` [B, C, R, 2] (north, south).
-R is 1 for scalar fields and 6 for regular fields.
+R is 1 for scalar fields and 6 for regular fields. Charts are stored in the layout of
+`icolightning.nn.layout` (channels-last images); layers accept any strides but emit that one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from icolightning.grid import ORIENTATIONS
+from icolightning.nn.layout import charts_view, memory, to_layout
 
 REPS = {"scalar": 1, "regular": ORIENTATIONS}
 
@@ -36,7 +38,7 @@ class IcoSignal(NamedTuple):
 
     @classmethod
     def from_vertices(cls, x: torch.Tensor) -> IcoSignal:
-        """[B, C, N] (scalar) or [B, C, R, N] vertex tensor -> signal; views, no copy."""
+        """[B, C, N] (scalar) or [B, C, R, N] vertex tensor -> signal, charts copied into the layout."""
         if x.dim() == 3:
             x = x.unsqueeze(2)
         if x.dim() != 4:
@@ -44,7 +46,7 @@ class IcoSignal(NamedTuple):
         n_chart = x.shape[-1] - 2
         height = _height_from_count(n_chart)
         charts = x[..., :n_chart].unflatten(-1, (5, height, 2 * height))
-        return cls(charts, x[..., n_chart:])
+        return cls(to_layout(charts), x[..., n_chart:])
 
     def to_vertices(self) -> torch.Tensor:
         """[B, C, R, N] in canonical vertex order (one copy)."""
@@ -65,8 +67,9 @@ class IcoSignal(NamedTuple):
 
 
 def cat_signals(signals: list[IcoSignal]) -> IcoSignal:
-    """Concatenate along the channel dimension (U-Net skip connections)."""
-    return IcoSignal(torch.cat([s.charts for s in signals], 1), torch.cat([s.poles for s in signals], 1))
+    """Concatenate along the channel dimension (U-Net skip connections), built in the layout."""
+    charts = charts_view(torch.cat([memory(s.charts) for s in signals], dim=4))
+    return IcoSignal(charts, torch.cat([s.poles for s in signals], 1))
 
 
 def _height_from_count(n_chart: int) -> int:
