@@ -20,6 +20,8 @@ from datamodules.regrid import level_of
 from icolightning.events import detection_counts
 from icolightning.metrics import CLIMATE_CLASSES, EVENT_CLASSES
 
+EVENT_COUNTS: tuple[str, ...] = ("true_events", "detected", "predicted_events", "false_alarms")
+"""The summed counts behind POD and FAR, reported per event class as `<count>_<class>`."""
 
 class EventDetection(Metric):
     """``compute()`` gives ``event_pod_<c>`` and ``event_far_<c>`` (NaN when undefined) and the
@@ -51,6 +53,6 @@ class EventDetection(Metric):
         for i, name in enumerate(self.event_classes):
             out[f"event_pod_{name}"] = detected[i] / true[i] if true[i] > 0 else torch.tensor(float("nan"))
             out[f"event_far_{name}"] = false[i] / predicted[i] if predicted[i] > 0 else torch.tensor(float("nan"))
-            for row, key in enumerate(("true_events", "detected", "predicted_events", "false_alarms")):
+            for row, key in enumerate(EVENT_COUNTS):
                 out[f"{key}_{name}"] = self.counts[row, i].clone()
         return out

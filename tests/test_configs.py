@@ -129,7 +129,7 @@ def test_entry_configs_compose(tmp_path, name, overrides):
         assert cfg.data[key] == value, key
     if name == "train":
         assert [type(c).__name__ for c in instantiate_list(cfg.callbacks)] == [
-            "ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RNGStateCheckpoint"]
+            "ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RNGStateCheckpoint", "PreemptionCheckpoint"]
 
 
 def test_run_folder_is_deterministic(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from cli_runs import compose_config, run_cli
 
+from icolightning.event_metrics import EVENT_COUNTS
 from icolightning.lightning.inference import predict
 from icolightning.lightning.run import evaluate
 
@@ -73,8 +74,12 @@ def test_shipped_ddp_config_trains_with_synced_batch_norm(ddp_training):
     assert len(_logged_rows(run, "val/mAP")) == 2 and len(_logged_rows(run, "val/loss")) == 2
     assert len(_logged_rows(run, "lr-AdamW")) == 6
     assert metrics["val"]["val/mAP"] == pytest.approx(_logged_rows(run, "val/mAP")[-1])
+    counts = {f"test/{kind}_{name}" for kind in EVENT_COUNTS for name in ("TC", "AR")}
     for key, value in metrics["test"].items():
-        assert value is not None and (math.isfinite(value) if key == "test/loss" else 0.0 <= value <= 1.0), key
+        if key == "test/loss" or key in counts:
+            assert value is not None and math.isfinite(value) and value >= 0, key
+        elif not key.startswith("test/event_"):  # event POD/FAR are null when a class has no event
+            assert value is not None and 0.0 <= value <= 1.0, key
 
 
 @pytest.fixture(scope="module")

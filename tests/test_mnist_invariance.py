@@ -38,7 +38,8 @@ def test_trained_ico_classifier_is_exact_under_icosahedral_rotations(tmp_path):
     inputs_n = torch.cat([x for x, _ in loaders[0]])
     inputs_i = torch.cat([x for x, _ in loaders[1]])
     assert (inputs_n != inputs_i).any(dim=-1).float().mean() > 0.9  # the digits really moved
-    assert logits_n.argmax(1).unique().numel() > 1  # a trained model, not a constant one
+    # A model whose output depends on its input (a few steps may still leave every argmax on one class).
+    assert (logits_n - logits_n.mean(0)).abs().amax() > 1e-2
     assert torch.equal(logits_n.argmax(1), logits_i.argmax(1))
     torch.testing.assert_close(logits_i, logits_n, rtol=1e-4, atol=1e-5)
 

@@ -66,7 +66,7 @@ class IcoBatchNorm(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         if self.training or not self.track_running_stats:
-            syncing = self.sync and distributed_world(self.process_group) > 1
+            syncing = self.training and self.sync and distributed_world(self.process_group) > 1
             charts, poles, mean, var, count = _BatchNormFunction.apply(
                 memory(x.charts), x.poles, self.weight, self.bias, self.eps, syncing, self.process_group)
             if self.training and self.track_running_stats:
