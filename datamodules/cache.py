@@ -99,8 +99,11 @@ def entry_path(root: Path, config: PreprocessConfig, source: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class CacheEntry:
-    """A finished entry; arrays are opened memory-mapped, read-only."""
+class CachedArrays:
+    """A finished cache folder: `fields.npy` [T, C, N] float32, `labels.npy` [T, N] uint8, per-sample
+    partial statistics `stats.npz` and `meta.json`; arrays open memory-mapped, read-only.
+    The one definition of that layout, shared by the per-file netCDF cache and the per-split
+    climate_sphere_l5 cache."""
 
     path: Path
 
@@ -117,6 +120,10 @@ class CacheEntry:
     def stats(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "stats.npz") as data:
             return {k: data[k] for k in data.files}
+
+
+class CacheEntry(CachedArrays):
+    """The cache of one source netCDF file."""
 
     def check(self, config: PreprocessConfig) -> None:
         """Raise CacheError unless every file is present, parseable and of the right shape."""

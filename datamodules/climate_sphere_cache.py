@@ -20,13 +20,12 @@ import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.atomic import atomic_path
-from datamodules.cache import _partial_stats, _pool_context, source_fingerprint
+from datamodules.cache import CachedArrays, _partial_stats, _pool_context, source_fingerprint
 from datamodules.climate_sphere_io import CHANNELS, check_vertex_order, read_sample, sphere_to_ico
 from datamodules.layout import NUM_CLASSES
 from icolightning.grid import IcoGrid
@@ -36,25 +35,8 @@ CHUNK_FILES = 64
 _BUILDING = ".building-"
 
 
-@dataclass(frozen=True)
-class SplitCache:
-    """A finished split; arrays open memory-mapped, read-only."""
-
-    path: Path
-
-    @property
-    def meta(self) -> dict:
-        return json.loads((self.path / "meta.json").read_text())
-
-    def fields(self) -> np.ndarray:
-        return np.load(self.path / "fields.npy", mmap_mode="r")
-
-    def labels(self) -> np.ndarray:
-        return np.load(self.path / "labels.npy", mmap_mode="r")
-
-    def stats(self) -> dict[str, np.ndarray]:
-        with np.load(self.path / "stats.npz") as data:
-            return {k: data[k] for k in data.files}
+class SplitCache(CachedArrays):
+    """The consolidated cache of one split (every sample of the split in one folder)."""
 
 
 def cache_key(files: Sequence[Path], level: int, check_order: bool) -> str:
