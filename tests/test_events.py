@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import xarray as xr
+from cli_runs import free_port
 
 from datamodules.regrid import latlon_to_ico
 from datamodules.regrid_netcdf import regrid_netcdf
@@ -135,11 +135,6 @@ def test_detection_scores_of_hand_made_pairs() -> None:
     assert np.isnan(detection_counts(np.zeros_like(truth), np.zeros_like(truth), LEVEL).pod).all()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -160,7 +155,7 @@ def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
 
 def test_event_metric_sums_counts_across_two_gloo_ranks(tmp_path) -> None:
     result = tmp_path / "ddp.pt"
-    mp.start_processes(_rank_worker, args=(2, _free_port(), str(result)), nprocs=2, start_method="fork")
+    mp.start_processes(_rank_worker, args=(2, free_port(), str(result)), nprocs=2, start_method="fork")
     synced = torch.load(result, weights_only=True)
     assert (synced["true_events_TC"], synced["detected_TC"], synced["false_alarms_TC"]) == (4, 3, 1)
     assert synced["event_pod_TC"] == pytest.approx(3 / 4) and synced["event_far_TC"] == pytest.approx(1 / 4)

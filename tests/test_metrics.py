@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_runs import free_port
 from sklearn.metrics import average_precision_score, confusion_matrix
 
 from icolightning.metrics import ClimateMetrics
@@ -119,11 +119,6 @@ def test_rejects_too_few_bins_and_bad_shapes():
         ClimateMetrics().update(torch.rand(2, 4, 10), torch.zeros(2, 10, dtype=torch.long))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -142,7 +137,7 @@ def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
 
 def test_two_process_gloo_equals_single_process(tmp_path):
     result = tmp_path / "ddp.pt"
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), str(result)), nprocs=2, join=True)
     synced = torch.load(result, weights_only=True)
     single = _run(_fake_batches(seed=7, batches=6))
     assert synced.keys() == single.keys()

@@ -5,12 +5,12 @@ Lightning's sync_batchnorm conversion leaves the equivariant layers working."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_runs import free_port
 
 from icolightning.grid import IcoGrid
 from icolightning.models import IcoUNet
@@ -63,14 +63,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sync: bool) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _two_ranks(tmp_path, sync: bool) -> list[dict[str, torch.Tensor]]:
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), sync), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), sync), nprocs=2, start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
