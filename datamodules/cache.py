@@ -23,10 +23,11 @@ import shutil
 import socket
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -280,6 +281,28 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+T = TypeVar("T")
+
+
+def pooled_results(fn: Callable[..., T], jobs: Sequence[tuple], workers: int) -> Iterator[T]:
+    """`fn(*job)` for every job, in a process pool when there are several workers and jobs (results
+    in completion order), else in this process; the first failure cancels what has not started."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        pending = {pool.submit(fn, *job) for job in jobs}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
+                yield future.result()
+
+
 def ensure_cache(
     sources: Sequence[Path],
     config: PreprocessConfig,
@@ -311,22 +334,9 @@ def ensure_cache(
         todo.append(Path(source))
     messages: list[str] = []
     with tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="file") as bar:
-        if workers <= 1 or len(todo) <= 1:
-            for source in todo:
-                messages += build_entry(source, config, root)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                pending = {pool.submit(build_entry, s, config, root) for s in todo}
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        if future.exception() is not None:
-                            for other in pending:
-                                other.cancel()
-                            raise future.exception()
-                        messages += future.result()
-                        bar.update()
+        for result in pooled_results(build_entry, [(source, config, root) for source in todo], workers):
+            messages += result
+            bar.update()
     for message in messages:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     return [CacheEntry(entry_path(root, config, Path(s))) for s in sources]

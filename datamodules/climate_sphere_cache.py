@@ -18,14 +18,13 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.atomic import atomic_path
-from datamodules.cache import CachedArrays, _partial_stats, _pool_context, source_fingerprint
+from datamodules.cache import CachedArrays, _partial_stats, pooled_results, source_fingerprint
 from datamodules.climate_sphere_io import CHANNELS, check_vertex_order, read_sample, sphere_to_ico
 from datamodules.layout import NUM_CLASSES
 from icolightning.grid import IcoGrid
@@ -136,19 +135,7 @@ def ensure_split_cache(files: Sequence[Path], split: str, root: str | Path, leve
         args = (building, level, check_order)
         with tqdm(total=len(files), initial=done, desc=f"caching {split} on level {level}", unit="file",
                   disable=not progress) as bar:
-            if workers <= 1 or len(todo) <= 1:
-                for chunk in todo:
-                    bar.update(_write_chunk(files, chunk * CHUNK_FILES, chunk, *args))
-            else:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                    pending = {pool.submit(_write_chunk, files, c * CHUNK_FILES, c, *args) for c in todo}
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                        for future in finished:
-                            if future.exception() is not None:
-                                for other in pending:
-                                    other.cancel()
-                                raise future.exception()
-                            bar.update(future.result())
+            for written in pooled_results(_write_chunk, [(files, c * CHUNK_FILES, c, *args) for c in todo], workers):
+                bar.update(written)
         _finish(building, final, files, chunks, split, level)
     return SplitCache(final)
