@@ -25,6 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_runtime import add_runtime_args, runtime
 
 from icolightning.grid import IcoGrid
 from icolightning.nn import IcoConv, IcoSignal
@@ -137,18 +138,11 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu = process CPU time, steadier when other programs share the machine")
+    add_runtime_args(parser, ["float32", "float64", "bfloat16", "float16"])
     parser.add_argument("--torch-harmonics", action="store_true",
                         help="also time torch-harmonics' DiscreteContinuousConvS2 (optional extra)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device, dtype, clock = runtime(args)
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch} "
           f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
     print("plain conv2d: the same channels on the same pixel count, in the default layout (NCHW) and")

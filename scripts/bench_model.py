@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_runtime import add_runtime_args, runtime
 from torch import nn
 
 from icolightning.grid import ORIENTATIONS, IcoGrid
@@ -156,16 +157,9 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", choices=["unet", "classifier"], default=["unet", "classifier"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per network (median)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu = process CPU time, steadier when other programs share the machine")
+    add_runtime_args(parser, ["float32", "bfloat16", "float16"])
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device, dtype, clock = runtime(args)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} "
           f"clock={args.clock} training step (forward + backward), median of {args.repeats}; load average {load}")
