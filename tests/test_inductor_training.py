@@ -1,12 +1,14 @@
 """A whole model trained through Inductor equals the eager model: the `compile: true` option of the
 task modules (nn.Module.compile with the default Inductor backend), forward, backward and optimiser
-steps. Two intra-op threads, because Inductor once got the corner values of scalar outputs wrong only
-in its parallel loops (the S2R network has scalar -> regular and regular -> scalar convolutions; add
-"S2S" to the variants for scalar -> scalar ones once the strict xfail below is lifted)."""
+steps. Two intra-op threads, because Inductor once got the corner
+values of scalar outputs wrong only in its parallel loops (the S2R network has scalar -> regular,
+regular -> regular and regular -> scalar convolutions; scalar -> scalar ones are compiled on their
+own in test_layers). About two minutes on two cores with a cold Inductor cache, most of it C++
+compilation of the generated kernels; an evaluation-mode forward would compile a third graph, so
+it is left to the slow-marked scripts/gpu_check.py step."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from icolightning.grid import IcoGrid
@@ -15,13 +17,9 @@ from icolightning.lightning import SegmentationModule
 LEVEL, STEPS = 2, 3
 
 
-@pytest.mark.xfail(raises=torch._dynamo.exc.InternalTorchDynamoError, strict=True,
-                   reason="Dynamo cannot yet trace the gauge padding's autograd Function in a training forward "
-                   "(an intermediate of _GaugePadFunction aliases its output); icolightning/nn is issue10's")
-@pytest.mark.parametrize("variant", ["S2R"])
-def test_inductor_compiled_model_trains_like_the_eager_one(variant):
+def test_inductor_compiled_model_trains_like_the_eager_one():
     net = {"_target_": "icolightning.models.IcoUNet", "in_channels": 3, "num_classes": 3, "level": LEVEL,
-           "widths": [4, 8], "variant": variant}
+           "widths": [4, 8], "variant": "S2R"}
     torch.manual_seed(0)
     eager = SegmentationModule(net, loss="ce")
     compiled = SegmentationModule(net, loss="ce", compile=True)
@@ -42,10 +40,6 @@ def test_inductor_compiled_model_trains_like_the_eager_one(variant):
                 optimiser.step()
                 losses.append(loss.detach())
             torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
-        eager.eval()
-        compiled.eval()
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
     finally:
         torch.set_num_threads(threads)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):

@@ -71,8 +71,7 @@ def test_every_layer_is_equivariant_at_the_levels_the_models_use(level):
 def test_a_non_equivariant_control_is_caught():
     """The checker must fail a layer that ignores the gauge: padding without orientation shifts."""
     conv = _conv(2, "regular", "regular")
-    conv.pad.strip_shift.zero_()
-    conv.pad.small_shift.zero_()
+    conv.pad.strips_shift.zero_()
     x = _input(2, 3, 6)
     assert max_equivariance_error(signal_fn(conv), 2, 2, x) > 1e-3
 

@@ -1,29 +1,32 @@
 """Gauge padding: charts -> one-pixel-padded charts laid out for a batched conv2d.
 
-The padded buffer is [B, C, R, 5, H+2, W+2] in the layout of `layout.py` (a channels-last
-[B·5, C·R, H+2, W+2] image batch: charts become batch entries). Its interior is one
-strided copy of the input; the border (a few cells per chart) is a small gather whose index
-tables come from `tables.padding_table`. The same autograd function also hands out the small
-things the corner rule needs (3x3 patches around the chart corners, corner orientation means,
-neighbour features aligned to each corner), so that no layer ever gathers from a full-size
-tensor through autograd: such a gather would cost a full-size zero fill and add in backward.
-The backward pass is one copy of the interior plus small scatters.
+The padded charts are one channels-last [B·5, C·R, H+2, W+2] image batch in the layout of
+`layout.py` (charts become batch entries). The interior is one strided copy of the input;
+the border (a few cells per chart) is gathered along the routes of `tables.gauge_pad_routes`.
+The same autograd function also hands out the small things the corner rule needs (3x3 patches
+around the chart corners, corner orientation means, neighbour features aligned to each corner),
+so that no layer ever gathers from a full-size tensor through autograd: such a gather would
+cost a full-size zero fill and add in backward. The backward pass is one copy of the interior
+plus small scatters, each sending a gradient back along the named route its value came by.
+
+All gathers and scatters work on a [B, cells, C, R] view of the charts' memory and take
+per-level tables only (cells and orientation shifts), so one GaugePad serves any channel count
+and nothing is built or cached per call (which also keeps it traceable by torch.compile).
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from icolightning.grid import NUM_CHARTS, IcoGrid
 from icolightning.nn.layout import empty_planes
-from icolightning.nn.layout import planes as as_planes
 from icolightning.nn.signal import IcoSignal
-from icolightning.nn.tables import gauge_pad_index
+from icolightning.nn.tables import GaugePadRoutes, Route, gauge_pad_routes
 
 
 class Padded(NamedTuple):
@@ -39,99 +42,167 @@ class Padded(NamedTuple):
     """[B, C, R, 12, 5] each corner's neighbours, orientation channels aligned to the corner."""
 
 
-def _offsets(chart: torch.Tensor, pos: torch.Tensor, shift: torch.Tensor, channels: int, orientations: int,
-             plane: int) -> torch.Tensor:
-    """Flat offsets, within one batch entry of a channels-last [5, plane, C, R] buffer, of cells
-    (chart, pos) read at orientation (r + shift) % R. Inputs [M] or [G, M] give [C, R, M] or
-    [G, C, R, M] (flattened)."""
-    chart, pos, shift = (t if t.dim() == 0 else (t if t.dim() == 2 else t[None])[:, None, None, :]
-                         for t in (chart, pos, shift))
-    r = torch.arange(orientations, device=pos.device)[:, None]
-    c = torch.arange(channels, device=pos.device)[:, None, None]
-    out = (chart * plane + pos) * (channels * orientations) + c * orientations
-    return (out + (r + shift) % orientations).flatten()
+class _Route(NamedTuple):
+    cell: torch.Tensor
+    shift: torch.Tensor | None
 
 
-def _per_batch(planes: torch.Tensor, batch: int) -> torch.Tensor:
-    """[B·5, C·R, H, W] channels-last -> [B, 5·H·W·C·R] in memory order; a view, so writes land."""
-    return planes.permute(0, 2, 3, 1).view(batch, -1)
+def _cells(planes: torch.Tensor, batch: int, orientations: int) -> torch.Tensor:
+    """[B·5, C·R, H, W] -> [B, 5·H·W, C, R]; a view of the same memory (writes land) when channels-last."""
+    height, width = planes.shape[-2:]
+    return planes.permute(0, 2, 3, 1).reshape(batch, NUM_CHARTS * height * width, -1, orientations)
 
 
-def _border_strips(buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Views of the one-pixel border in strip order: bottom row, top row, left and right column."""
-    return buf[..., 0, :], buf[..., -1, :], buf[..., 1:-1, 0], buf[..., 1:-1, -1]
+def _turn(values: torch.Tensor, shift: torch.Tensor | None, sign: int = 1) -> torch.Tensor:
+    """[B, M, C, R] -> entry m at orientation r takes orientation (r + sign·shift[m]) % R."""
+    b, m, c, r = values.shape
+    if shift is None or r == 1:
+        return values
+    index = (torch.arange(r, device=values.device) + sign * shift[:, None]) % r
+    return values.gather(3, index[None, :, None, :].expand(b, m, c, r))
 
 
-def _boundary_strips(charts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Views of each chart's outermost pixels: row 0, row H-1, then columns 0 and W-1 without them."""
-    return charts[..., 0, :], charts[..., -1, :], charts[..., 1:-1, 0], charts[..., 1:-1, -1]
+def _read(cells: torch.Tensor, route: _Route) -> torch.Tensor:
+    """[B, M, C, R]: the route's cells, each at its shifted orientations."""
+    return _turn(cells.index_select(1, route.cell), route.shift)
 
 
-class _GaugePadFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, charts, poles, pad: GaugePad):
-        b, c, r = charts.shape[:3]
-        h, w = charts.shape[-2:]
-        off = pad.offsets(c, r, charts.device)
-        planes = empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts)
-        buf = planes.view(b, NUM_CHARTS, c, r, h + 2, w + 2)
-        buf[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
-        flat = _per_batch(planes, b)
-
-        def read(offsets: torch.Tensor) -> torch.Tensor:
-            return flat.index_select(1, offsets).view(b, c, r, -1)
-
-        means = torch.cat([read(off["corner_pixels"]).mean(2), poles.mean(2)], dim=-1)
-        nb = read(off["neighbours"]).view(b, c, r, 12, 5)
-        if pad.level == 0:
-            nb = torch.where(pad.nb_is_corner, means[:, :, pad.nb_slot].unsqueeze(2), nb)
-        border = flat.index_select(1, off["strips"]).view(b, NUM_CHARTS, c, r, -1)
-        start = 0
-        for strip in _border_strips(buf):
-            strip.copy_(border[..., start: start + strip.shape[-1]])
-            start += strip.shape[-1]
-        corner_values = means[:, :, None, pad.corner_cell_slot].expand(b, c, r, -1)
-        flat.index_copy_(1, off["corner_dst"], corner_values.reshape(b, -1))
-        flat.index_fill_(1, off["unused_dst"], 0)
-        patches = read(off["patches"]).view(b, c, r, 10, 9)
-        ctx.pad = pad
-        ctx.shapes = (charts.shape, poles.shape)
-        return buf.permute(0, 2, 3, 1, 4, 5), patches, means, nb
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_buf, g_patches, g_own, g_nb):
-        pad: GaugePad = ctx.pad
-        charts_shape, poles_shape = ctx.shapes
-        b, c, r, _, h, w = charts_shape
-        off = pad.offsets(c, r, g_buf.device)
-        g_planes = as_planes(g_buf)
-        g_flat = g_planes.permute(0, 2, 3, 1).reshape(b, -1)
-        planes = g_planes[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
-        grad = planes.view(b, NUM_CHARTS, c, r, h, w)
-        flat = _per_batch(planes, b)
-        if pad.level > 0:
-            pulled = g_flat.index_select(1, off["boundary_pull"]).view(b, NUM_CHARTS, c, r, -1)
-            start = 0
-            for strip in _boundary_strips(grad):
-                strip.add_(pulled[..., start: start + strip.shape[-1]])
-                start += strip.shape[-1]
-        g_patches = g_patches.reshape(b, c, r, 90)
-        g_nb = g_nb.reshape(b, c, r, 60)
-        small = torch.cat([g_patches[..., pad.patch_regular], g_nb[..., pad.nb_regular],
-                           g_flat.index_select(1, off["extra_pull"]).view(b, c, r, -1)], dim=-1)
-        flat.index_add_(1, off["small_routes"], small.reshape(b, -1))
-        at_corners = torch.cat([g_flat.index_select(1, off["corner_dst"]).view(b, c, r, -1),
-                                g_patches[..., pad.patch_corner], g_nb[..., pad.nb_is_corner.flatten()]], dim=-1)
-        per_corner = g_own.index_add(2, pad.route_slot, at_corners.sum(2)) / r
-        flat.index_copy_(1, off["corner_grad"], per_corner[:, :, None, :10].expand(b, c, r, 10).reshape(b, -1))
-        grad_poles = per_corner[:, :, None, 10:].expand(poles_shape).contiguous()
-        return grad.permute(0, 2, 3, 1, 4, 5), grad_poles, None
+def _send_back(cells: torch.Tensor, route: _Route, grad: torch.Tensor) -> None:
+    """Add the gradient of `_read(cells, route)` into `cells` (in place)."""
+    cells.index_add_(1, route.cell, _turn(grad, route.shift, -1))
 
 
-def _long(values: np.ndarray) -> torch.Tensor:
-    """A copy: the index arrays are cached per level and shared by every layer of that level."""
-    return torch.tensor(values, dtype=torch.long)
+def _strips(mem: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views [B, 5, L, C, R] of rows 0 and -1, then columns 0 and -1 without those rows, of
+    [B, 5, H, W, C, R] memory: the padded border, or an unpadded chart's boundary pixels."""
+    return mem[:, :, 0], mem[:, :, -1], mem[:, :, 1:-1, 0], mem[:, :, 1:-1, -1]
+
+
+def _by_strips(mem: torch.Tensor, values: torch.Tensor, add: bool) -> None:
+    """Write (or add) [B, 5·L, C, R] values, laid out strip after strip, into the strips of `mem`."""
+    values = values.unflatten(1, (NUM_CHARTS, -1))
+    start = 0
+    for strip in _strips(mem):
+        part = values[:, :, start: start + strip.shape[2]]
+        strip.add_(part) if add else strip.copy_(part)
+        start += strip.shape[2]
+
+
+def _feature_last(values: torch.Tensor, *shape: int) -> torch.Tensor:
+    """[B, M, C, R] -> [B, C, R, *shape] (the corner-rule tensors' order)."""
+    return values.permute(0, 2, 3, 1).reshape(*values.shape[:1], *values.shape[2:], *shape)
+
+
+def _entry_first(values: torch.Tensor) -> torch.Tensor:
+    """[B, C, R, *entries] -> [B, M, C, R]: the inverse of `_feature_last`."""
+    return values.flatten(3).permute(0, 3, 1, 2)
+
+
+def _table_names() -> tuple[str, ...]:
+    """Buffer names of the routes of `GaugePadRoutes`, in its field order: a route is two
+    buffers (`<name>_cell`, `<name>_shift`, the latter empty when there is no shift)."""
+    names: list[str] = []
+    for field in fields(GaugePadRoutes):
+        names += [f"{field.name}_cell", f"{field.name}_shift"] if field.type == "Route" else [field.name]
+    return tuple(names)
+
+
+TABLE_NAMES = _table_names()
+
+
+class _Tables:
+    """The padding's tables by name, rebuilt from the flat list the custom ops receive."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.__dict__.update(zip(TABLE_NAMES, tensors, strict=True))
+
+    def route(self, name: str) -> _Route:
+        shift = getattr(self, f"{name}_shift")
+        return _Route(getattr(self, f"{name}_cell"), shift if shift.numel() else None)
+
+
+# The padding is one opaque operator for torch.compile: traced inside a graph, its dozens of
+# strided views and small scatters took Inductor 80 s to compile per layer (level 2).
+@torch.library.custom_op("icolightning::gauge_pad", mutates_args=())
+def gauge_pad(charts: torch.Tensor, poles: torch.Tensor, level: int, tables: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """charts [B, C, R, 5, H, W], poles [B, C, R, 2] -> the padded charts as a channels-last
+    [B·5, C·R, H+2, W+2] image batch, then the corner rule's inputs (see `Padded`)."""
+    t = _Tables(tables)
+    b, c, r, _, h, w = charts.shape
+    planes = empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts)
+    planes.view(b, NUM_CHARTS, c, r, h + 2, w + 2)[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
+    cells = _cells(planes, b, r)
+    means = torch.cat([_read(cells, t.route("corner_pixels")).mean(3).transpose(1, 2), poles.mean(2)], dim=-1)
+    nb = _feature_last(_read(cells, t.route("neighbours")), 12, 5)
+    if level == 0:
+        nb = torch.where(t.neighbour_is_corner, means[:, :, t.neighbour_slot].unsqueeze(2), nb)
+    _by_strips(cells.view(b, NUM_CHARTS, h + 2, w + 2, c, r), _read(cells, t.route("strips")), add=False)
+    corner_values = means[:, :, t.corner_cell_slot].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
+    cells.index_copy_(1, t.corner_cells_cell, corner_values.contiguous())
+    cells.index_fill_(1, t.unused_cells_cell, 0)
+    patches = _feature_last(_read(cells, t.route("patches")), 10, 9)
+    return planes, patches.contiguous(), means, nb.contiguous()
+
+
+@gauge_pad.register_fake
+def _(charts, poles, level, tables):
+    b, c, r, _, h, w = charts.shape
+    return (empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts), charts.new_empty(b, c, r, 10, 9),
+            charts.new_empty(b, c, 12), charts.new_empty(b, c, r, 12, 5))
+
+
+@torch.library.custom_op("icolightning::gauge_pad_backward", mutates_args=())
+def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: torch.Tensor, g_nb: torch.Tensor,
+                       level: int, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of `gauge_pad`: the charts' as a channels-last [B·5, C·R, H, W] batch, the poles'."""
+    t = _Tables(tables)
+    b, c, r = g_patches.shape[:3]
+    h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
+    g_padded = _cells(g_planes, b, r)
+    interior = g_planes[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
+    grad = _cells(interior, b, r)
+    if level > 0:
+        _by_strips(grad.view(b, NUM_CHARTS, h, w, c, r), _read(g_padded, t.route("boundary_pull")), add=True)
+    g_patches, g_nb = _entry_first(g_patches), _entry_first(g_nb)
+    _send_back(grad, t.route("patch_copy_dst"), g_patches.index_select(1, t.patch_copy))
+    _send_back(grad, t.route("neighbour_copy_dst"), g_nb.index_select(1, t.neighbour_copy))
+    _send_back(grad, t.route("extra_dst"), _read(g_padded, t.route("extra_pull")))
+    # Everything that held a corner's orientation mean sends its gradient to that mean.
+    g_means = g_own
+    for slot, g in ((t.corner_cell_slot, g_padded.index_select(1, t.corner_cells_cell)),
+                    (t.patch_corner_slot, g_patches.index_select(1, t.patch_corner)),
+                    (t.neighbour_corner_slot, g_nb.index_select(1, t.neighbour_corner))):
+        g_means = g_means.index_add(2, slot, g.sum(3).transpose(1, 2))
+    per_orientation = g_means / r
+    corner_grad = per_orientation[:, :, :10].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
+    grad.index_copy_(1, t.corner_pixels_dst_cell, corner_grad.contiguous())
+    return interior, per_orientation[:, :, None, 10:].expand(b, c, r, 2).contiguous()
+
+
+@gauge_pad_backward.register_fake
+def _(g_planes, g_patches, g_own, g_nb, level, tables):
+    b, c, r = g_patches.shape[:3]
+    h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
+    return empty_planes(b * NUM_CHARTS, c * r, h, w, g_planes), g_patches.new_empty(b, c, r, 2)
+
+
+def _save_for_backward(ctx, inputs, output) -> None:
+    charts, _, ctx.level, tables = inputs
+    ctx.charts_shape = charts.shape
+    ctx.save_for_backward(*tables)
+
+
+def _backward(ctx, g_planes, g_patches, g_own, g_nb):
+    b, c, r, n, h, w = ctx.charts_shape
+    grads = [g if g is not None else torch.zeros(shape, dtype=g_planes.dtype, device=g_planes.device)
+             for g, shape in ((g_patches, (b, c, r, 10, 9)), (g_own, (b, c, 12)), (g_nb, (b, c, r, 12, 5)))]
+    interior, g_poles = gauge_pad_backward(g_planes, *grads, ctx.level, list(ctx.saved_tensors))
+    no_grads = [None] * len(ctx.saved_tensors)
+    return interior.view(b, n, c, r, h, w).permute(0, 2, 3, 1, 4, 5), g_poles, None, no_grads
+
+
+gauge_pad.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 class GaugePad(nn.Module):
@@ -140,50 +211,34 @@ class GaugePad(nn.Module):
     Regular features at the 12 corners enter as their orientation mean (no frame exists there),
     both in the border and in the interior. The border is gathered once in strip order and
     written with four slice copies (scatters cost ~10x more per element than slice copies).
-    All index tables are non-persistent buffers: they move with `.to()` but stay out of the
+    Every route of `GaugePadRoutes` is a pair of non-persistent buffers `<name>_cell` and
+    `<name>_shift` (index arrays keep their name): they move with `.to()` but stay out of the
     state_dict.
     """
 
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
-        index = gauge_pad_index(level)
         self.chart_shape = IcoGrid(level).chart_shape
-        for name, values in index.items():
-            tensor = torch.tensor(values) if values.dtype == bool else _long(values)
-            self.register_buffer(name, tensor, persistent=False)
-        self._offset_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        routes = gauge_pad_routes(level)
+        for field in fields(GaugePadRoutes):
+            value = getattr(routes, field.name)
+            if isinstance(value, Route):
+                self.register_buffer(f"{field.name}_cell", torch.tensor(value.cell, dtype=torch.long),
+                                     persistent=False)
+                shift = np.zeros(0) if value.shift is None else value.shift
+                self.register_buffer(f"{field.name}_shift", torch.tensor(shift, dtype=torch.long), persistent=False)
+            else:
+                tensor = torch.tensor(value) if value.dtype == bool else torch.tensor(value, dtype=torch.long)
+                self.register_buffer(field.name, tensor, persistent=False)
 
-    def offsets(self, channels: int, orientations: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Flat offsets into one batch entry of the padded buffer (or of the unpadded gradient),
-        derived from the index buffers for a given channel count and cached: building them per
-        call costs more than the gathers themselves."""
-        key = (channels, orientations, device)
-        cached = self._offset_cache.get(key)
-        if cached is None:
-            height, width = self.chart_shape
-            plane, unpadded = (height + 2) * (width + 2), height * width
-
-            def offsets(chart, pos, shift=0, size=plane):
-                return _offsets(chart.to(device), pos.to(device), torch.as_tensor(shift, device=device),
-                                channels, orientations, size)
-
-            cached = {
-                "corner_pixels": offsets(self.corner_chart, self.corner_pad_pos),
-                "neighbours": offsets(self.nb_chart, self.nb_pad_pos, self.nb_toward),
-                "strips": offsets(self.strip_src_chart, self.strip_src_pos, self.strip_shift),
-                "boundary_pull": offsets(self.pull_chart, self.pull_pos, self.pull_shift),
-                "extra_pull": offsets(self.extra_chart, self.extra_pos, self.extra_shift),
-                "corner_dst": offsets(self.corner_cell_chart, self.corner_cell_pos),
-                "unused_dst": offsets(self.unused_chart, self.unused_pos),
-                "patches": offsets(self.patch_chart, self.patch_pos),
-                "small_routes": offsets(self.small_chart, self.small_pos, self.small_shift, unpadded),
-                "corner_grad": offsets(self.corner_chart, self.corner_pos, 0, unpadded),
-            }
-            self._offset_cache[key] = cached
-        return cached
+    def tables(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in TABLE_NAMES]
 
     def forward(self, x: IcoSignal) -> Padded:
         if x.level != self.level:
             raise ValueError(f"GaugePad for level {self.level} got a level-{x.level} signal")
-        return Padded(*_GaugePadFunction.apply(x.charts, x.poles, self))
+        planes, patches, own, neighbours = gauge_pad(x.charts, x.poles, self.level, self.tables())
+        b, c, r, n, h, w = x.charts.shape
+        buf = planes.view(b, n, c, r, h + 2, w + 2).permute(0, 2, 3, 1, 4, 5)
+        return Padded(buf, patches, own, neighbours)

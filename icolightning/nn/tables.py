@@ -169,108 +169,159 @@ def hex_kernel_pattern(in_orientations: int) -> tuple[np.ndarray, np.ndarray]:
     return orient, tap
 
 
-@functools.lru_cache(maxsize=16)
-def gauge_pad_index(level: int) -> dict[str, np.ndarray]:
-    """Index arrays GaugePad reads, derived from `padding_table` and `corner_table`.
+@dataclass(frozen=True)
+class Route:
+    """Which cell, and which orientation of it, each of M entries reads (or where it is added).
 
-    Groups (cells are (chart, position) in the padded [H+2, W+2] or unpadded [H, W] plane):
-    strip_*   source of every border cell, in strip order (bottom row, top row, left, right
-              column), with its orientation shift; non-regular cells point at a corner pixel
-              and are overwritten afterwards;
-    pull_*, extra_*  for backward: the border cell(s) copied from each boundary pixel, in
-              boundary-strip order (a second copy, 3 pixels per chart, goes to extra_*);
-    corner_cell_*, unused_*  border/interior cells holding a corner's orientation mean, or 0;
-    corner_*  the 10 chart corner pixels; patch_*  their padded 3x3 neighbourhoods;
-    nb_*      the 5 neighbours of each of the 12 corners and the direction back to the corner;
-    small_*, route_slot  where the gradients of patches, neighbours and extra copies go.
+    `cell` indexes the cells of one sample's 5 charts, padded ((H+2)x(W+2) each) or not (HxW);
+    entry m at orientation r is cell[m] at orientation (r + shift[m]) % R. No shift: 0.
     """
+
+    cell: np.ndarray
+    shift: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GaugePadRoutes:
+    """Everything GaugePad gathers or scatters, by name: the forward reads the padded charts, the
+    backward sends each gradient back along the route its value came by. Derived from
+    `padding_table` and `corner_table`; `GaugePad` registers every array as a buffer.
+
+    The border is filled in strip order (bottom row, top row, left column, right column, per
+    chart); cells that are not plain copies are then overwritten with a corner's orientation
+    mean or with 0. Corner-rule inputs are gathered from the filled padded charts: the 3x3
+    patches around the 10 chart corners and the 5 neighbours of all 12 corners.
+    """
+
+    strips: Route
+    """padded: source of every border cell, in strip order (non-copies point anywhere)."""
+    corner_cells: Route
+    """padded: border and interior cells that hold a corner's orientation mean ..."""
+    corner_cell_slot: np.ndarray
+    """... of this corner (0-11, grid.corners order)."""
+    unused_cells: Route
+    """padded: border cells no non-corner pixel reads; set to 0."""
+    corner_pixels: Route
+    """padded: the 10 chart corner pixels."""
+    patches: Route
+    """padded: their 3x3 neighbourhoods, row-major (10 x 9)."""
+    neighbours: Route
+    """padded: the 5 neighbours of each of the 12 corners, orientations turned toward the corner."""
+    neighbour_is_corner: np.ndarray
+    """[12, 5] a neighbour that is itself a corner (level 0 only) enters as its mean ..."""
+    neighbour_slot: np.ndarray
+    """[12, 5] ... of this corner."""
+    boundary_pull: Route
+    """backward, padded: for each boundary pixel in boundary-strip order (row 0, row H-1,
+    column 0, column W-1 without those rows), a border cell copied from it."""
+    extra_pull: Route
+    """backward, padded: the rare second border copy of a boundary pixel (3 per chart) ..."""
+    extra_dst: Route
+    """... and that pixel (unpadded)."""
+    patch_copy: np.ndarray
+    """backward: the patch entries (of 90) that are copies of a non-corner pixel ..."""
+    patch_copy_dst: Route
+    """... and that pixel (unpadded), orientations turned back."""
+    patch_corner: np.ndarray
+    """backward: the patch entries that hold a corner's mean ..."""
+    patch_corner_slot: np.ndarray
+    """... of this corner."""
+    neighbour_copy: np.ndarray
+    """backward: the neighbour entries (of 60) that are not corners ..."""
+    neighbour_copy_dst: Route
+    """... and their pixel (unpadded), orientations turned back."""
+    neighbour_corner: np.ndarray
+    """backward: the neighbour entries that are corners (level 0 only) ..."""
+    neighbour_corner_slot: np.ndarray
+    """... and which."""
+    corner_pixels_dst: Route
+    """backward, unpadded: the 10 chart corner pixels."""
+
+
+@functools.lru_cache(maxsize=16)
+def gauge_pad_routes(level: int) -> GaugePadRoutes:
+    """The routes of GaugePad at one level (see `GaugePadRoutes`)."""
     grid = IcoGrid(level)
     table = padding_table(level)
     height, width = grid.chart_shape
-    padded_pos = table.hp * (width + 2) + table.wp
+    padded_plane, plane = (height + 2) * (width + 2), height * width
+    padded_cell = table.chart * padded_plane + table.hp * (width + 2) + table.wp
     kind = {k: table.kind == k for k in (REGULAR, CORNER, UNUSED)}
     corner_pix = grid.chart_corner_pixels()
     slot_of = {int(v): k for k, v in enumerate(grid.corners)}
-    route_of = {(int(table.chart[i]), int(padded_pos[i])): (int(table.kind[i]), int(table.source[i]),
-                                                            int(table.shift[i]), int(table.corner_slot[i]))
-                for i in range(len(table.kind))}
+    route_of = {int(padded_cell[i]): (int(table.kind[i]), int(table.source[i]), int(table.shift[i]),
+                                      int(table.corner_slot[i])) for i in range(len(table.kind))}
 
-    def unpadded(vertex: int) -> tuple[int, int]:
-        return vertex // (height * width), vertex % (height * width)
-
-    def padded(vertex: int) -> tuple[int, int]:
-        chart, pos = unpadded(vertex)
-        return chart, (pos // width + 1) * (width + 2) + pos % width + 1
+    def padded(vertex: int) -> int:
+        chart, pos = divmod(vertex, plane)
+        return chart * padded_plane + (pos // width + 1) * (width + 2) + pos % width + 1
 
     strip_cells = ([(0, wp) for wp in range(width + 2)] + [(height + 1, wp) for wp in range(width + 2)]
                    + [(hp, 0) for hp in range(1, height + 1)] + [(hp, width + 1) for hp in range(1, height + 1)])
-    strip_src, pulls_of = [], {}
+    strips, pulls_of = [], {}
     for chart in range(NUM_CHARTS):
-        dump = int(corner_pix[2 * chart, 0]) * height * width
         for hp, wp in strip_cells:
-            kind_, source, shift, _ = route_of[(chart, hp * (width + 2) + wp)]
-            regular = kind_ == REGULAR
-            strip_src.append((*padded(source if regular else dump), shift if regular else 0))
-            if regular:
-                pulls_of.setdefault(source, []).append((chart, hp * (width + 2) + wp, -shift))
+            cell = chart * padded_plane + hp * (width + 2) + wp
+            kind_, source, shift, _ = route_of[cell]
+            strips.append((padded(source), shift) if kind_ == REGULAR else (0, 0))
+            if kind_ == REGULAR:
+                pulls_of.setdefault(source, []).append((cell, -shift))
     # Backward pulls each boundary pixel's gradient from the border cells copied from it: the
-    # first through one gather laid out like the boundary strips, a rare second (3 pixels per
-    # chart) through a small scatter. The 10 corners have none; their gradient is set last.
+    # first through one gather laid out like the boundary strips, a rare second through a small
+    # scatter. Corner pixels have none; their gradient is set last.
     boundary = ([(0, w) for w in range(width)] + [(height - 1, w) for w in range(width)]
                 + [(h, 0) for h in range(1, height - 1)] + [(h, width - 1) for h in range(1, height - 1)])
-    boundary_pull, extra_pull, extra_route = [], [], []
+    boundary_pull, extra_pull, extra_dst = [], [], []
     for chart in range(NUM_CHARTS):
         for h, w in boundary:
-            vertex = chart * height * width + h * width + w
-            pulls = pulls_of.get(vertex, [(*padded(vertex), 0)])
+            vertex = chart * plane + h * width + w
+            pulls = pulls_of.get(vertex, [(padded(vertex), 0)])
             boundary_pull.append(pulls[0])
             extra_pull += pulls[1:]
-            extra_route += [unpadded(vertex)] * len(pulls[1:])
+            extra_dst += [vertex] * len(pulls[1:])
 
-    patch_pad_pos = ((corner_pix[:, 1:2] + np.repeat(np.arange(3), 3)) * (width + 2)
-                     + corner_pix[:, 2:3] + np.tile(np.arange(3), 3))
+    patch_cells = (corner_pix[:, :1] * padded_plane + (corner_pix[:, 1:2] + np.repeat(np.arange(3), 3)) * (width + 2)
+                   + corner_pix[:, 2:3] + np.tile(np.arange(3), 3)).ravel()
     patch_routes = []
-    for chart, row in zip(corner_pix[:, 0], patch_pad_pos, strict=True):
-        for p in row:
-            hp, wp = divmod(int(p), width + 2)
-            own = int(chart) * height * width + (hp - 1) * width + (wp - 1)
-            patch_routes.append(route_of.get((int(chart), int(p)), (REGULAR, own, 0, -1)))
+    for cell in patch_cells:
+        chart, pos = divmod(int(cell), padded_plane)
+        own = chart * plane + (pos // (width + 2) - 1) * width + pos % (width + 2) - 1
+        patch_routes.append(route_of.get(int(cell), (REGULAR, own, 0, -1)))
     patch_kind = np.array([route[0] for route in patch_routes])
+    patch_copy = np.flatnonzero(patch_kind == REGULAR)
+    patch_corner = np.flatnonzero(patch_kind == CORNER)
 
     corners = corner_table(level)
     nb = corners.neighbours.ravel()
     nb_is_corner = corners.neighbour_is_corner.ravel()
     nb_pixel = np.where(nb_is_corner | (nb >= grid.num_chart_vertices), 0, nb)
-    small_src = np.concatenate([[route[1] for route in patch_routes if route[0] == REGULAR],
-                                nb_pixel[~nb_is_corner]]).astype(np.int64)
-    small_shift = np.concatenate([[route[2] for route in patch_routes if route[0] == REGULAR],
-                                  corners.toward.ravel()[~nb_is_corner]])
-    route_slot = np.concatenate([table.corner_slot[kind[CORNER]],
-                                 [route[3] for route in patch_routes if route[0] == CORNER],
-                                 [slot_of[int(v)] for v in nb[nb_is_corner]]])
-    strip_src = np.array(strip_src).reshape(NUM_CHARTS, -1, 3)
-    boundary_pull = np.array(boundary_pull).reshape(NUM_CHARTS, -1, 3)
-    extra_pull, extra_route = np.array(extra_pull).reshape(-1, 3), np.array(extra_route).reshape(-1, 2)
-    nb_padded = np.array([padded(int(v)) for v in nb_pixel])
-    return {
-        "strip_src_chart": strip_src[..., 0], "strip_src_pos": strip_src[..., 1], "strip_shift": strip_src[..., 2],
-        "pull_chart": boundary_pull[..., 0], "pull_pos": boundary_pull[..., 1],
-        "pull_shift": boundary_pull[..., 2],
-        "extra_chart": extra_pull[:, 0], "extra_pos": extra_pull[:, 1], "extra_shift": extra_pull[:, 2],
-        "small_chart": np.concatenate([small_src // (height * width), extra_route[:, 0]]),
-        "small_pos": np.concatenate([small_src % (height * width), extra_route[:, 1]]),
-        "small_shift": np.concatenate([small_shift, np.zeros(len(extra_route), dtype=np.int64)]),
-        "corner_cell_chart": table.chart[kind[CORNER]], "corner_cell_pos": padded_pos[kind[CORNER]],
-        "corner_cell_slot": table.corner_slot[kind[CORNER]],
-        "unused_chart": table.chart[kind[UNUSED]], "unused_pos": padded_pos[kind[UNUSED]],
-        "corner_chart": corner_pix[:, 0], "corner_pad_pos": (corner_pix[:, 1] + 1) * (width + 2) + corner_pix[:, 2] + 1,
-        "corner_pos": corner_pix[:, 1] * width + corner_pix[:, 2],
-        "patch_chart": np.repeat(corner_pix[:, 0], 9), "patch_pos": patch_pad_pos.ravel(),
-        "patch_regular": np.flatnonzero(patch_kind == REGULAR),
-        "patch_corner": np.flatnonzero(patch_kind == CORNER),
-        "nb_chart": nb_padded[:, 0], "nb_pad_pos": nb_padded[:, 1],
-        "nb_toward": corners.toward.ravel(), "nb_regular": np.flatnonzero(~nb_is_corner),
-        "nb_slot": np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),
-        "route_slot": route_slot,
-        "nb_is_corner": corners.neighbour_is_corner,
-    }
+    neighbour_copy = np.flatnonzero(~nb_is_corner)
+    corner_pixel_vertex = corner_pix[:, 0] * plane + corner_pix[:, 1] * width + corner_pix[:, 2]
+
+    def route(pairs: list[tuple[int, int]]) -> Route:
+        cells = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return Route(cells[:, 0], cells[:, 1])
+
+    return GaugePadRoutes(
+        strips=route(strips),
+        corner_cells=Route(padded_cell[kind[CORNER]]),
+        corner_cell_slot=table.corner_slot[kind[CORNER]],
+        unused_cells=Route(padded_cell[kind[UNUSED]]),
+        corner_pixels=Route(np.array([padded(int(v)) for v in corner_pixel_vertex], dtype=np.int64)),
+        patches=Route(patch_cells),
+        neighbours=Route(np.array([padded(int(v)) for v in nb_pixel], dtype=np.int64), corners.toward.ravel()),
+        neighbour_is_corner=corners.neighbour_is_corner,
+        neighbour_slot=np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),
+        boundary_pull=route(boundary_pull),
+        extra_pull=route(extra_pull),
+        extra_dst=Route(np.array(extra_dst, dtype=np.int64)),
+        patch_copy=patch_copy,
+        patch_copy_dst=route([patch_routes[i][1:3] for i in patch_copy]),
+        patch_corner=patch_corner,
+        patch_corner_slot=np.array([patch_routes[i][3] for i in patch_corner], dtype=np.int64),
+        neighbour_copy=neighbour_copy,
+        neighbour_copy_dst=Route(nb_pixel[neighbour_copy], corners.toward.ravel()[neighbour_copy]),
+        neighbour_corner=np.flatnonzero(nb_is_corner),
+        neighbour_corner_slot=np.array([slot_of[int(v)] for v in nb[nb_is_corner]], dtype=np.int64),
+        corner_pixels_dst=Route(corner_pixel_vertex),
+    )
