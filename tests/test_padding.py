@@ -6,6 +6,7 @@ import torch
 
 from icolightning.grid import HEX_OFFSETS, IcoGrid
 from icolightning.nn import GaugePad, IcoSignal
+from icolightning.nn.padding import gauge_pad, gauge_pad_backward
 from icolightning.nn.tables import CORNER, REGULAR, UNUSED, padding_table
 
 
@@ -124,3 +125,18 @@ def test_index_tables_are_buffers_outside_the_state_dict():
     assert pad.state_dict() == {}
     moved = pad.to(torch.float64)
     assert all(b.dtype in (torch.long, torch.bool) for b in moved.buffers())
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_padding_operators_pass_torch_opcheck(level):
+    """The custom ops' schemas, fake kernels (shapes and strides seen by torch.compile) and autograd
+    registration agree with what they really do."""
+    grid = IcoGrid(level)
+    pad = GaugePad(level)
+    signal = IcoSignal.from_vertices(torch.randn(2, 3, 6, grid.num_vertices, dtype=torch.float64))
+    charts = signal.charts.detach().requires_grad_()
+    poles = signal.poles.detach().contiguous().requires_grad_()
+    torch.library.opcheck(gauge_pad, (charts, poles, level, pad.tables()))
+    planes, patches, own, neighbours = gauge_pad(charts, poles, level, pad.tables())
+    grads = [torch.randn_like(t) for t in (planes, patches, own, neighbours)]
+    torch.library.opcheck(gauge_pad_backward, (*grads, level, pad.tables()))
