@@ -1,31 +1,31 @@
 """A whole model trained through Inductor equals the eager model: the `compile: true` option of the
 task modules (nn.Module.compile with the default Inductor backend), forward, backward and optimiser
-steps. Two intra-op threads, because Inductor once got the corner
-values of scalar outputs wrong only in its parallel loops (the S2R network has scalar -> regular,
-regular -> regular and regular -> scalar convolutions; scalar -> scalar ones are compiled on their
-own in test_layers). About two minutes on two cores with a cold Inductor cache, most of it C++
-compilation of the generated kernels; an evaluation-mode forward would compile a third graph, so
-it is left to the slow-marked scripts/gpu_check.py step."""
+steps of an IcoClassifier (scalar -> regular and regular -> regular convolutions, batch norm, hex
+pooling, orientation pooling, MLP head). Two intra-op threads, because Inductor once got the corner
+values of scalar outputs wrong only in its parallel loops; regular -> scalar and scalar -> scalar
+convolutions are compiled on their own in test_layers. About 80 s on two cores with a cold Inductor
+cache, most of it C++ compilation of the generated kernels (an IcoUNet takes twice that, and an
+evaluation-mode forward would compile a third graph: both are in the slow-marked
+scripts/gpu_check.py compile step)."""
 
 from __future__ import annotations
 
 import torch
 
 from icolightning.grid import IcoGrid
-from icolightning.lightning import SegmentationModule
+from icolightning.lightning import ClassificationModule
 
 LEVEL, STEPS = 2, 3
 
 
 def test_inductor_compiled_model_trains_like_the_eager_one():
-    net = {"_target_": "icolightning.models.IcoUNet", "in_channels": 3, "num_classes": 3, "level": LEVEL,
-           "widths": [4, 8], "variant": "S2R"}
+    net = {"_target_": "icolightning.models.IcoClassifier", "in_channels": 2, "num_classes": 3, "level": LEVEL,
+           "widths": [4, 8], "hidden": 8}
     torch.manual_seed(0)
-    eager = SegmentationModule(net, loss="ce")
-    compiled = SegmentationModule(net, loss="ce", compile=True)
+    eager = ClassificationModule(net, num_classes=3)
+    compiled = ClassificationModule(net, num_classes=3, compile=True)
     compiled.load_state_dict(eager.state_dict())
-    n = IcoGrid(LEVEL).num_vertices
-    x, y = torch.randn(4, 3, n), torch.randint(0, 3, (4, n))
+    x, y = torch.randn(8, 2, IcoGrid(LEVEL).num_vertices), torch.randint(0, 3, (8,))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     torch._dynamo.reset()

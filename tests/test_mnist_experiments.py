@@ -1,0 +1,51 @@
+"""scripts/mnist_experiments.py: the equal-wall-clock runs get the right epochs and run names, and
+the table tells the two budgets apart."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mnist_experiments.py"
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    spec = importlib.util.spec_from_file_location("mnist_experiments", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(acc_n: float, epochs: int, fit_seconds: float) -> dict:
+    return {"epochs": epochs, "fit_seconds": fit_seconds,
+            "test": {"test/acc_N": acc_n, "test/acc_I": acc_n, "test/acc_R": acc_n / 2}}
+
+
+def test_planar_runs_again_for_its_twins_fit_time(experiments, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(name, root, overrides, run_name=None):
+        calls.append((name, overrides, run_name))
+        return _result(0.9, int(overrides[-2].split("=")[1]), 0.0)
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    results = {"mnist_ico_n": _result(0.92, 10, 1200.0), "mnist_planar_n": _result(0.94, 10, 100.0),
+               "mnist_planar_r": _result(0.6, 10, 130.0)}  # no ico_r twin: no equal-time run for R
+    runs = experiments.equal_time_runs(results, tmp_path, ["seed=1"])
+    assert calls == [("mnist_planar_n", ["seed=1", "trainer.max_epochs=120", "name=mnist_planar_n_equal_time"],
+                      "mnist_planar_n_equal_time")]
+    assert list(runs) == ["mnist_planar_n_equal_time"]
+    table = experiments.markdown_table(results | runs)
+    rows = [line for line in table.splitlines() if line.startswith("| planar")]
+    assert rows[0].startswith("| planar CNN on the 5 charts | N | 94.00 |") and "| 10 |" in rows[0]
+    assert rows[1].startswith("| planar CNN on the 5 charts, the icosahedral run's time | N | 90.00 |")
+    assert "| 120 |" in rows[1]
+    assert rows[2].startswith("| planar CNN on the 5 charts | R |")
+
+
+def test_equal_time_epochs_round_to_at_least_one(experiments):
+    assert experiments.equal_time_epochs({"fit_seconds": 100.0, "epochs": 10}, {"fit_seconds": 1234.0}) == 123
+    assert experiments.equal_time_epochs({"fit_seconds": 100.0, "epochs": 1}, {"fit_seconds": 10.0}) == 1
