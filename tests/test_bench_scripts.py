@@ -11,9 +11,11 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
 
-FAKE_ICOCNN = '''
+SLEEP_S = 0.05
+FAKE_ICOCNN = f'''
 """Stand-in for icoCNN: the same class names and signatures, trivial torch layers."""
 import os
+import time
 
 import torch
 
@@ -36,6 +38,7 @@ class ConvIco(torch.nn.Module):
 
     def forward(self, x):
         _check(x, self.r, self.Cin, self.Rin)
+        time.sleep({SLEEP_S})  # a known lower bound on the step time the table must show
         y = torch.einsum("oi,bihw->bohw", self.weight, x.flatten(1, 2).flatten(2, 3))
         return y.unflatten(1, (self.Cout, self.Rout)).unflatten(3, (5, 2**self.r))
 
@@ -95,7 +98,8 @@ def test_icocnn_unet_is_built_timed_and_printed_from_a_checkout(tmp_path):
     assert sorted(log.read_text().splitlines()) == EXPECTED_LAYERS
     unet, icocnn = (_numbers(done.stdout, name) for name in ("unet", "icoCNN U-Net"))
     level, ms, nchw, nhwc, ratio, mb, planar_mb, memory = icocnn
-    assert level == 2 and ms > 0 and mb > 0
+    convolutions = sum(layer.startswith("ConvIco") for layer in EXPECTED_LAYERS)
+    assert level == 2 and ms >= 1e3 * SLEEP_S * convolutions and mb > 0  # the fake's own step was timed
     assert (nchw, nhwc, planar_mb) == (unet[2], unet[3], unet[6])  # the same planar run
     assert abs(ratio - ms / min(nchw, nhwc)) < 0.01 + 1e-3 * ratio
     assert abs(memory - mb / planar_mb) < 0.01 + 1e-3 * memory
