@@ -1,0 +1,113 @@
+"""scripts/bench_model.py --icocnn without icoCNN (AGPL, never installed here): a fake package with icoCNN's
+layer names and signatures, written into a temporary checkout, goes through the same loading, building,
+timing and printing as the real one; the fake checks the shapes it is given and logs what it was built with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
+
+SLEEP_S = 0.05
+FAKE_ICOCNN = f'''
+"""Stand-in for icoCNN: the same class names and signatures, trivial torch layers."""
+import os
+import time
+
+import torch
+
+
+def _log(*fields):
+    with open(os.environ["FAKE_ICOCNN_LOG"], "a") as log:
+        log.write(" ".join(map(str, fields)) + "\\n")
+
+
+def _check(x, r, channels, orientations):
+    assert x.dim() == 6 and tuple(x.shape[1:]) == (channels, orientations, 5, 2**r, 2**(r + 1)), (x.shape, r)
+
+
+class ConvIco(torch.nn.Module):
+    def __init__(self, r, Cin, Cout, Rin, Rout=6, bias=True, smooth_vertices=False):
+        super().__init__()
+        _log("ConvIco", r, Cin, Cout, Rin, Rout)
+        self.r, self.Cin, self.Cout, self.Rin, self.Rout = r, Cin, Cout, Rin, Rout
+        self.weight = torch.nn.Parameter(torch.randn(Cout * Rout, Cin * Rin))
+
+    def forward(self, x):
+        _check(x, self.r, self.Cin, self.Rin)
+        time.sleep({SLEEP_S})  # a known lower bound on the step time the table must show
+        y = torch.einsum("oi,bihw->bohw", self.weight, x.flatten(1, 2).flatten(2, 3))
+        return y.unflatten(1, (self.Cout, self.Rout)).unflatten(3, (5, 2**self.r))
+
+
+class PoolIco(torch.nn.Module):
+    def __init__(self, r, R, function=torch.mean, smooth_vertices=False):
+        super().__init__()
+        _log("PoolIco", r, R)
+        self.r, self.R, self.function = r, R, function
+
+    def forward(self, x):
+        _check(x, self.r, x.shape[1], self.R)
+        return self.function(torch.stack([x[..., ::2, ::2], x[..., 1::2, 1::2]], -1), -1)
+
+
+class UnPoolIco(torch.nn.Module):
+    def __init__(self, r, R):
+        super().__init__()
+        _log("UnPoolIco", r, R)
+        self.r, self.R = r, R
+
+    def forward(self, x):
+        _check(x, self.r, x.shape[1], self.R)
+        return x.repeat_interleave(2, -2).repeat_interleave(2, -1)
+'''
+
+# IcoUNet's structure at level 2, widths 16/32/64, 16 scalar input channels, 3 classes (r, Cin, Cout, Rin, Rout).
+EXPECTED_LAYERS = sorted([
+    "ConvIco 2 16 16 1 6", "ConvIco 2 16 16 6 6",  # encoder stage 0: scalar input lifted to regular
+    "PoolIco 2 6", "ConvIco 1 16 32 6 6", "ConvIco 1 32 32 6 6",
+    "PoolIco 1 6", "ConvIco 0 32 64 6 6", "ConvIco 0 64 64 6 6",
+    "UnPoolIco 0 6", "ConvIco 1 96 32 6 6", "ConvIco 1 32 32 6 6",  # decoder: skip concatenated on channels
+    "UnPoolIco 1 6", "ConvIco 2 48 16 6 6", "ConvIco 2 16 16 6 6",
+    "ConvIco 2 16 3 6 6",  # head, then the mean over orientations
+])
+
+
+def _bench(checkout: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    args = ["--model", "unet", "--level", "2", "--batch", "2", "--repeats", "1", "--threads", "1"]
+    return subprocess.run([sys.executable, str(SCRIPT), *args, "--icocnn", str(checkout)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _numbers(stdout: str, model: str) -> list[float]:
+    """The figures of the table row of `model`."""
+    row = next(line for line in stdout.splitlines() if line.startswith(model + " "))
+    return [float(v) for v in row.removeprefix(model).split()]
+
+
+def test_icocnn_unet_is_built_timed_and_printed_from_a_checkout(tmp_path):
+    (tmp_path / "icoCNN").mkdir()
+    (tmp_path / "icoCNN" / "__init__.py").write_text(FAKE_ICOCNN)
+    log = tmp_path / "built.txt"
+    done = _bench(tmp_path, {"FAKE_ICOCNN_LOG": str(log)})
+    assert done.returncode == 0, done.stderr
+    assert sorted(log.read_text().splitlines()) == EXPECTED_LAYERS
+    unet, icocnn = (_numbers(done.stdout, name) for name in ("unet", "icoCNN U-Net"))
+    level, ms, nchw, nhwc, ratio, mb, planar_mb, memory = icocnn
+    convolutions = sum(layer.startswith("ConvIco") for layer in EXPECTED_LAYERS)
+    assert level == 2 and ms >= 1e3 * SLEEP_S * convolutions and mb > 0  # the fake's own step was timed
+    assert (nchw, nhwc, planar_mb) == (unet[2], unet[3], unet[6])  # the same planar run
+    assert abs(ratio - ms / min(nchw, nhwc)) < 0.01 + 1e-3 * ratio
+    assert abs(memory - mb / planar_mb) < 0.01 + 1e-3 * memory
+
+
+def test_icocnn_path_without_icocnn_is_a_one_line_error(tmp_path):
+    done = _bench(tmp_path / "nowhere", {})
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()
+    assert len(message) == 1 and "--icocnn" in message[0] and "no icoCNN checkout" in message[0], done.stderr
+    assert "icoCNN U-Net" not in done.stdout
