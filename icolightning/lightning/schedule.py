@@ -17,7 +17,7 @@ from typing import Any
 
 import hydra
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 HORIZON_ARGS = ("total_steps", "T_max", "total_iters")
 """Constructor arguments that set a scheduler's horizon, in the order they are looked for."""
@@ -33,6 +33,19 @@ def horizon_argument(target: str) -> str | None:
     return next((name for name in HORIZON_ARGS if name in params), None)
 
 
+def _check_warm_up(cfg: Mapping[str, Any], total_steps: int) -> None:
+    """torch's OneCycleLR divides by the warm-up's length, pct_start·total_steps - 1 steps, mid-run:
+    refuse a run where that is zero before its first step."""
+    if not issubclass(hydra.utils.get_class(cfg["_target_"]), OneCycleLR):
+        return
+    pct_start = float(cfg.get("pct_start", inspect.signature(OneCycleLR).parameters["pct_start"].default))
+    if float(pct_start * total_steps) - 1 == 0:
+        raise ScheduleTooShortError(
+            f"model.scheduler.pct_start={pct_start} over {total_steps} steps gives OneCycleLR a warm-up of zero "
+            f"steps (torch then divides by zero mid-run): train for more steps or change pct_start"
+        )
+
+
 def build_scheduler(cfg: Mapping[str, Any], optimizer: Optimizer, horizon: int, unit: str) -> LRScheduler:
     """Instantiate `cfg` on `optimizer`, its horizon filled in with `horizon` (steps or epochs) unless
     the config fixes it; a fixed horizon shorter than the run raises ScheduleTooShortError."""
@@ -45,6 +58,8 @@ def build_scheduler(cfg: Mapping[str, Any], optimizer: Optimizer, horizon: int, 
         )
     if name is not None and name not in cfg:
         cfg[name] = int(horizon)
+    if name == "total_steps":
+        _check_warm_up(cfg, int(cfg[name]))
     return hydra.utils.instantiate(cfg, optimizer=optimizer)
 
 
@@ -59,4 +74,6 @@ def extend_scheduler(scheduler: LRScheduler, cfg: Mapping[str, Any], horizon: in
     done = scheduler.last_epoch
     if name is None or name in cfg or getattr(scheduler, name) == horizon or done >= horizon:
         return scheduler
+    if name == "total_steps":
+        _check_warm_up(cfg, horizon)
     return hydra.utils.instantiate({**cfg, name: int(horizon)}, optimizer=scheduler.optimizer, last_epoch=done - 1)
