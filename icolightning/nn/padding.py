@@ -3,7 +3,7 @@
 The padded charts are one channels-last [B·5, C·R, H+2, W+2] image batch in the layout of
 `layout.py` (charts become batch entries). The interior is one strided copy of the input;
 the border (a few cells per chart) is gathered along the routes of `tables.gauge_pad_routes`.
-The same autograd function also hands out the small things the corner rule needs (3x3 patches
+The same operator also hands out the small things the corner rule needs (3x3 patches
 around the chart corners, corner orientation means, neighbour features aligned to each corner),
 so that no layer ever gathers from a full-size tensor through autograd: such a gather would
 cost a full-size zero fill and add in backward. The backward pass is one copy of the interior
@@ -11,7 +11,8 @@ plus small scatters, each sending a gradient back along the named route its valu
 
 All gathers and scatters work on a [B, cells, C, R] view of the charts' memory and take
 per-level tables only (cells and orientation shifts), so one GaugePad serves any channel count
-and nothing is built or cached per call (which also keeps it traceable by torch.compile).
+and nothing is built or cached per call. Forward and backward are `torch.library` custom
+operators, opaque to torch.compile (see `gauge_pad`).
 """
 
 from __future__ import annotations
