@@ -46,27 +46,32 @@ def _step(layer: IcoBatchNorm, x: torch.Tensor, weight: torch.Tensor) -> dict[st
             "running_var": layer.running_var.clone()}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, sync: bool) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One step with sync on, then the same step with sync off (the control), on half the batch."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         x, weight = _inputs()
         half = BATCH // world
-        layer = _layer()
-        set_batchnorm_sync(layer, sync)
-        result = _step(layer, x[rank * half:(rank + 1) * half], weight[rank * half:(rank + 1) * half])
-        for key in ("weight_grad", "bias_grad"):
-            dist.all_reduce(result[key])  # what DDP does with parameter gradients (before averaging)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        for sync in (True, False):
+            layer = _layer()
+            set_batchnorm_sync(layer, sync)
+            result = _step(layer, x[rank * half:(rank + 1) * half], weight[rank * half:(rank + 1) * half])
+            for key in ("weight_grad", "bias_grad"):
+                dist.all_reduce(result[key])  # what DDP does with parameter gradients (before averaging)
+            torch.save(result, os.path.join(out_dir, f"rank{rank}-sync{sync}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-
-def _two_ranks(tmp_path, sync: bool) -> list[dict[str, torch.Tensor]]:
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), sync), nprocs=2, start_method="spawn")
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict[bool, list[dict[str, torch.Tensor]]]:
+    """Each rank's results with sync on (True) and off (False), from one pair of gloo processes."""
+    out = tmp_path_factory.mktemp("sync")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
+    return {sync: [torch.load(out / f"rank{r}-sync{sync}.pt", weights_only=True) for r in range(2)]
+            for sync in (True, False)}
 
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -74,10 +79,10 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> No
     assert error <= 1e-10, f"{what}: relative error {error:.2e}"
 
 
-def test_two_gloo_ranks_match_one_process_on_the_whole_batch(tmp_path):
+def test_two_gloo_ranks_match_one_process_on_the_whole_batch(two_ranks):
     x, weight = _inputs()
     reference = _step(_layer(), x, weight)
-    ranks = _two_ranks(tmp_path, sync=True)
+    ranks = two_ranks[True]
     half = BATCH // 2
     for rank, result in enumerate(ranks):
         part = slice(rank * half, (rank + 1) * half)
@@ -87,11 +92,11 @@ def test_two_gloo_ranks_match_one_process_on_the_whole_batch(tmp_path):
             _assert_close(result[key], reference[key], f"rank {rank} {key}")
 
 
-def test_without_sync_each_rank_uses_its_own_statistics(tmp_path):
+def test_without_sync_each_rank_uses_its_own_statistics(two_ranks):
     """The control: the same run with sync off must differ, or the test above proves nothing."""
     x, weight = _inputs()
     reference = _step(_layer(), x, weight)
-    ranks = _two_ranks(tmp_path, sync=False)
+    ranks = two_ranks[False]
     assert not torch.allclose(ranks[0]["running_mean"], reference["running_mean"])
     assert not torch.allclose(ranks[0]["y"], reference["y"][: BATCH // 2])
 
