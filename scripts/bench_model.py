@@ -13,6 +13,7 @@ networks run in both layouts (NCHW and channels-last); the ratio is taken agains
     python scripts/bench_model.py --level 4 5 6      # + level 6 (several minutes more on a CPU)
     python scripts/bench_model.py --threads 1 --clock cpu   # steadier on a shared machine
     python scripts/bench_model.py --device cuda --dtype bfloat16
+    python scripts/bench_model.py --profile          # + convolution time vs everything else, per network
     python scripts/bench_model.py --model unet --icocnn ~/src/icoCNN   # + the U-Net built from icoCNN's layers
 
 `--icocnn PATH` (U-Net only, float32) also times, in the same interleaved loop, the same U-Net built
@@ -246,6 +247,26 @@ def _row(name: str, level: int, seconds: float, nchw_s: float, nhwc_s: float, mb
             f"{seconds / min(nchw_s, nhwc_s):>8.2f}{mb:>9.1f}{planar_mb:>11.1f}{mb / planar_mb:>10.2f}")
 
 
+CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
+                   "aten::_convolution", "aten::convolution_overrideable")
+
+
+def split_by_convolution(step: Callable[[], None]) -> tuple[float, float]:
+    """Self time (ms) of one step in convolution kernels and in everything else, from torch.profiler
+    (CPU and CUDA time together): what a faster layer can win and what the network around it costs."""
+    step()
+    with torch.profiler.profile() as prof:
+        step()
+    conv = other = 0.0
+    for event in prof.key_averages():
+        self_us = event.self_cpu_time_total + getattr(event, "self_device_time_total", 0.0)
+        if event.key in CONVOLUTION_OPS:
+            conv += self_us
+        else:
+            other += self_us
+    return conv / 1e3, other / 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", type=int, nargs="*", default=[4, 5])
@@ -255,6 +276,8 @@ def main() -> None:
     parser.add_argument("--icocnn", metavar="PATH", default=None,
                         help="also time the U-Net built from icoCNN's layers, imported from the checkout at PATH "
                              "(unet model only, float32; icoCNN needs einops on the path)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split one step of each network into convolution and everything else")
     add_runtime_args(parser, ["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if args.icocnn is not None and "unet" not in args.model:
@@ -284,6 +307,12 @@ def main() -> None:
             print(_row(task, level, ico_s, nchw_s, nhwc_s, ico_mb, planar_mb), flush=True)
             for seconds, mb in zip(icocnn_s, icocnn_mb, strict=True):
                 print(_row("icoCNN U-Net", level, seconds, nchw_s, nhwc_s, mb, planar_mb), flush=True)
+            if args.profile:
+                layout = "NCHW" if planar_step is steps[1] else "NHWC"
+                for name, step in ((task, steps[0]), (f"planar {layout}", planar_step)):
+                    conv, other = split_by_convolution(step)
+                    print(f"  profile {name:<12} convolutions {conv:9.1f} ms, everything else {other:9.1f} ms "
+                          f"({100 * conv / (conv + other):.0f} % convolutions)", flush=True)
 
 
 if __name__ == "__main__":

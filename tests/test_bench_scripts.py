@@ -111,3 +111,26 @@ def test_icocnn_path_without_icocnn_is_a_one_line_error(tmp_path):
     message = done.stderr.strip().splitlines()
     assert len(message) == 1 and "--icocnn" in message[0] and "no icoCNN checkout" in message[0], done.stderr
     assert "icoCNN U-Net" not in done.stdout
+
+
+def test_profile_splits_a_step_into_convolutions_and_the_rest():
+    """--profile: a network of convolutions is mostly convolution time, one without any has none."""
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    x = torch.randn(4, 32, 32, 32)
+    convs = torch.nn.Sequential(*(torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3)))
+    conv_ms, other_ms = bench.split_by_convolution(lambda: convs(x).sum().backward())
+    assert conv_ms > 2 * other_ms > 0
+    pointwise = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Tanh())
+    leaf = x.clone().requires_grad_()
+    conv_ms, other_ms = bench.split_by_convolution(lambda: pointwise(leaf).sum().backward())
+    assert conv_ms == 0 and other_ms > 0
