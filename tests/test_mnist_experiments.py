@@ -24,7 +24,7 @@ def _result(acc_n: float, epochs: int, fit_seconds: float) -> dict:
             "test": {"test/acc_N": acc_n, "test/acc_I": acc_n, "test/acc_R": acc_n / 2}}
 
 
-def test_planar_runs_again_for_its_twins_fit_time(experiments, monkeypatch, tmp_path):
+def test_ico_runs_again_for_its_planar_twins_fit_time(experiments, monkeypatch, tmp_path):
     calls = []
 
     def fake_run(name, root, overrides, run_name=None):
@@ -32,18 +32,18 @@ def test_planar_runs_again_for_its_twins_fit_time(experiments, monkeypatch, tmp_
         return _result(0.9, int(overrides[-2].split("=")[1]), 0.0)
 
     monkeypatch.setattr(experiments, "run_experiment", fake_run)
-    results = {"mnist_ico_n": _result(0.92, 10, 1200.0), "mnist_planar_n": _result(0.94, 10, 100.0),
-               "mnist_planar_r": _result(0.6, 10, 130.0)}  # no ico_r twin: no equal-time run for R
+    results = {"mnist_ico_n": _result(0.92, 10, 1200.0), "mnist_planar_n": _result(0.94, 10, 300.0),
+               "mnist_ico_r": _result(0.6, 10, 1300.0)}  # no planar_r twin: no equal-time run for R
     runs = experiments.equal_time_runs(results, tmp_path, ["seed=1"])
-    assert calls == [("mnist_planar_n", ["seed=1", "trainer.max_epochs=120", "name=mnist_planar_n_equal_time"],
-                      "mnist_planar_n_equal_time")]
-    assert list(runs) == ["mnist_planar_n_equal_time"]
+    assert calls == [("mnist_ico_n", ["seed=1", "trainer.max_epochs=2", "name=mnist_ico_n_equal_time"],
+                      "mnist_ico_n_equal_time")]
+    assert list(runs) == ["mnist_ico_n_equal_time"]
     table = experiments.markdown_table(results | runs)
-    rows = [line for line in table.splitlines() if line.startswith("| planar")]
-    assert rows[0].startswith("| planar CNN on the 5 charts | N | 94.00 |") and "| 10 |" in rows[0]
-    assert rows[1].startswith("| planar CNN on the 5 charts, the icosahedral run's time | N | 90.00 |")
-    assert "| 120 |" in rows[1]
-    assert rows[2].startswith("| planar CNN on the 5 charts | R |")
+    rows = [line for line in table.splitlines() if line.startswith("| icosahedral")]
+    assert rows[0].startswith("| icosahedral CNN (IcoClassifier) | N | 92.00 |") and "| 10 |" in rows[0]
+    assert rows[1].startswith("| icosahedral CNN (IcoClassifier), the planar run's time | N | 90.00 |")
+    assert "| 2 |" in rows[1]
+    assert rows[2].startswith("| icosahedral CNN (IcoClassifier) | R |")
 
 
 def test_equal_time_epochs_round_to_at_least_one(experiments):
