@@ -99,16 +99,21 @@ def _entry_first(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(3).permute(0, 3, 1, 2)
 
 
-def _table_names() -> tuple[str, ...]:
-    """Buffer names of the routes of `GaugePadRoutes`, in its field order: a route is two
-    buffers (`<name>_cell`, `<name>_shift`, the latter empty when there is no shift)."""
-    names: list[str] = []
+def table_arrays(routes: GaugePadRoutes) -> dict[str, np.ndarray]:
+    """The padding's tables by buffer name, in `GaugePadRoutes` field order: a route is two arrays
+    (`<name>_cell`, `<name>_shift`, the latter empty when there is no shift)."""
+    arrays: dict[str, np.ndarray] = {}
     for field in fields(GaugePadRoutes):
-        names += [f"{field.name}_cell", f"{field.name}_shift"] if field.type == "Route" else [field.name]
-    return tuple(names)
+        value = getattr(routes, field.name)
+        if isinstance(value, Route):
+            arrays[f"{field.name}_cell"] = value.cell
+            arrays[f"{field.name}_shift"] = np.zeros(0, dtype=np.int64) if value.shift is None else value.shift
+        else:
+            arrays[field.name] = value
+    return arrays
 
 
-TABLE_NAMES = _table_names()
+TABLE_NAMES = tuple(table_arrays(gauge_pad_routes(0)))
 
 
 class _Tables:
@@ -221,17 +226,9 @@ class GaugePad(nn.Module):
         super().__init__()
         self.level = level
         self.chart_shape = IcoGrid(level).chart_shape
-        routes = gauge_pad_routes(level)
-        for field in fields(GaugePadRoutes):
-            value = getattr(routes, field.name)
-            if isinstance(value, Route):
-                self.register_buffer(f"{field.name}_cell", torch.tensor(value.cell, dtype=torch.long),
-                                     persistent=False)
-                shift = np.zeros(0) if value.shift is None else value.shift
-                self.register_buffer(f"{field.name}_shift", torch.tensor(shift, dtype=torch.long), persistent=False)
-            else:
-                tensor = torch.tensor(value) if value.dtype == bool else torch.tensor(value, dtype=torch.long)
-                self.register_buffer(field.name, tensor, persistent=False)
+        for name, values in table_arrays(gauge_pad_routes(level)).items():
+            dtype = torch.bool if values.dtype == bool else torch.long
+            self.register_buffer(name, torch.tensor(values, dtype=dtype), persistent=False)
 
     def tables(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in TABLE_NAMES]
