@@ -1,7 +1,11 @@
 """IcoConv vs a plain conv2d with the same channels on the same number of pixels, side by side.
 
 The plain conv2d runs both in PyTorch's default layout (NCHW) and channels-last (NHWC); IcoConv
-keeps its padded charts channels-last, so "vs NHWC" is the like-for-like figure.
+keeps its padded charts channels-last, so "vs NHWC" is the like-for-like figure. A fourth step,
+"padded", is the conv2d IcoConv itself runs, alone: the same dense kernel over already padded
+channels-last charts [B·5, C·R, H+2, W+2] with no implicit padding. IcoConv minus "padded" is the
+gauge padding and corner rule; "padded" minus NHWC is what an explicitly padded input costs the
+convolution library.
 
 Forward + backward (input and weight gradients), float32, runs interleaved in one process so
 both see the same machine state; prints the median time of each and their ratio.
@@ -46,8 +50,9 @@ def _time(fn, device: torch.device, reset, clock) -> float:
 
 
 def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
-            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float, float]:
-    """Median seconds of (IcoConv, plain conv2d in the default layout, plain conv2d channels-last)."""
+            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float, float, float]:
+    """Median seconds of (IcoConv, its conv2d alone on padded charts, plain conv2d in the default
+    layout, plain conv2d channels-last)."""
     grid = IcoGrid(level)
     r_in = 6 if in_rep == "regular" else 1
     conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
@@ -63,6 +68,8 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     plain_x = torch.randn(batch, channels * r_in, 5 * height, width, device=device, dtype=dtype,
                           requires_grad=True)
     plain_x_cl = plain_x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    padded_x = torch.randn(batch * 5, channels * r_in, height + 2, width + 2, device=device, dtype=dtype)
+    padded_x = padded_x.contiguous(memory_format=torch.channels_last).requires_grad_()
 
     # Upstream gradients as a following layer would hand them back: dense, in each output's layout.
     out = conv(IcoSignal(charts, poles))
@@ -70,11 +77,16 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     grad_poles = torch.randn_like(out.poles)
     plain_grad = torch.randn_like(F.conv2d(plain_x, plain_w, plain_b, padding=1))
     plain_grad_cl = plain_grad.contiguous(memory_format=torch.channels_last)
-    leaves = (charts, poles, *conv.parameters(), plain_x, plain_x_cl, plain_w, plain_b)
+    padded_grad = torch.randn(batch * 5, channels * 6, height, width, device=device, dtype=dtype)
+    padded_grad = padded_grad.contiguous(memory_format=torch.channels_last)
+    leaves = (charts, poles, *conv.parameters(), plain_x, plain_x_cl, padded_x, plain_w, plain_b)
 
     def ico_step() -> None:
         out = conv(IcoSignal(charts, poles))
         torch.autograd.backward((out.charts, out.poles), (grad_charts, grad_poles))
+
+    def padded_step() -> None:
+        F.conv2d(padded_x, plain_w, plain_b).backward(padded_grad)
 
     def plain_step() -> None:
         F.conv2d(plain_x, plain_w, plain_b, padding=1).backward(plain_grad)
@@ -86,16 +98,16 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
         for leaf in leaves:
             leaf.grad = None
 
-    steps = (ico_step, plain_step, plain_step_cl)
+    steps = (ico_step, padded_step, plain_step, plain_step_cl)
     for _ in range(3):
         for step in steps:
             step()
-    times: list[list[float]] = [[], [], []]
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
         for step, record in zip(steps, times, strict=True):
             record.append(_time(step, device, reset, clock))
-    ico, plain, plain_cl = (statistics.median(t) for t in times)
-    return ico, plain, plain_cl
+    ico, padded, plain, plain_cl = (statistics.median(t) for t in times)
+    return ico, padded, plain, plain_cl
 
 
 def compare_disco(level: int, channels: int, batch: int, repeats: int, device: torch.device, dtype: torch.dtype,
@@ -146,14 +158,17 @@ def main() -> None:
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} batch={args.batch} "
           f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
     print("plain conv2d: the same channels on the same pixel count, in the default layout (NCHW) and")
-    print("channels-last (NHWC, the layout IcoConv works in); the ratio against each is printed")
-    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'NCHW ms':>10}{'NHWC ms':>10}{'vs NCHW':>9}{'vs NHWC':>9}")
+    print("channels-last (NHWC, the layout IcoConv works in); the ratio against each is printed;")
+    print("padded: IcoConv's own conv2d alone, over the padded charts (padded/NHWC: the explicit border's cost)")
+    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'padded ms':>11}{'NCHW ms':>10}{'NHWC ms':>10}"
+          f"{'vs NCHW':>9}{'vs NHWC':>9}{'padded/NHWC':>13}")
     cases = [(lvl, "regular") for lvl in args.level] + [(5 if 5 in args.level else args.level[0], "scalar")]
     for level, in_rep in cases:
-        ico, plain, plain_cl = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype, clock)
+        ico, padded, plain, plain_cl = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype,
+                                               clock)
         name = "regular->regular" if in_rep == "regular" else "scalar->regular"
-        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{plain * 1e3:>10.1f}{plain_cl * 1e3:>10.1f}"
-              f"{ico / plain:>9.3f}{ico / plain_cl:>9.3f}")
+        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{padded * 1e3:>11.1f}{plain * 1e3:>10.1f}{plain_cl * 1e3:>10.1f}"
+              f"{ico / plain:>9.3f}{ico / plain_cl:>9.3f}{padded / plain_cl:>13.3f}")
     if args.torch_harmonics:
         print("IcoConv (vertex tensors in and out) vs torch-harmonics DiscreteContinuousConvS2, same dense channels")
         for level in args.level:

@@ -1,6 +1,7 @@
-"""scripts/bench_model.py --icocnn without icoCNN (AGPL, never installed here): a fake package with icoCNN's
-layer names and signatures, written into a temporary checkout, goes through the same loading, building,
-timing and printing as the real one; the fake checks the shapes it is given and logs what it was built with."""
+"""The benchmark scripts. bench_model.py --icocnn without icoCNN (AGPL, never installed here): a fake
+package with icoCNN's layer names and signatures, written into a temporary checkout, goes through the same
+loading, building, timing and printing as the real one; the fake checks the shapes it is given and logs
+what it was built with."""
 
 from __future__ import annotations
 
@@ -134,3 +135,30 @@ def test_profile_splits_a_step_into_convolutions_and_the_rest():
     leaf = x.clone().requires_grad_()
     conv_ms, other_ms = bench.split_by_convolution(lambda: pointwise(leaf).sum().backward())
     assert conv_ms == 0 and other_ms > 0
+
+
+def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypatch):
+    """bench_conv's "padded" step must run the very conv2d IcoConv runs (same input and kernel shapes,
+    channels-last, no implicit padding), or "IcoConv minus padded" is not the padding's cost."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_conv
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    calls = []
+    conv2d = F.conv2d
+
+    def recording(x, weight, bias=None, stride=1, padding=0, *args):
+        calls.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), tuple(weight.shape),
+                      padding))
+        return conv2d(x, weight, bias, stride, padding, *args)
+
+    monkeypatch.setattr(F, "conv2d", recording)
+    times = bench_conv.compare(2, 3, "regular", 2, 1, torch.device("cpu"), torch.float32)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    ico_call = (((10, 18, 6, 10), True, (18, 18, 3, 3), 0))
+    assert calls.count(ico_call) >= 2 * 4, calls  # IcoConv and the padded step, each warmed up 3x and timed once
+    assert {c[3] for c in calls if c != ico_call} == {1}, calls  # the two plain steps pad implicitly
