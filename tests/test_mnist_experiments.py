@@ -1,5 +1,5 @@
-"""scripts/mnist_experiments.py: the equal-wall-clock runs get the right epochs and run names, and
-the table tells the two budgets apart."""
+"""scripts/mnist_experiments.py: the equal-wall-clock runs get the right epochs and run names in both
+directions, the table tells the budgets apart, and finished runs are not trained again."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _result(acc_n: float, epochs: int, fit_seconds: float) -> dict:
             "test": {"test/acc_N": acc_n, "test/acc_I": acc_n, "test/acc_R": acc_n / 2}}
 
 
-def test_ico_runs_again_for_its_planar_twins_fit_time(experiments, monkeypatch, tmp_path):
+def test_each_network_runs_again_for_its_twins_fit_time(experiments, monkeypatch, tmp_path):
     calls = []
 
     def fake_run(name, root, overrides, run_name=None):
@@ -36,14 +36,37 @@ def test_ico_runs_again_for_its_planar_twins_fit_time(experiments, monkeypatch, 
                "mnist_ico_r": _result(0.6, 10, 1300.0)}  # no planar_r twin: no equal-time run for R
     runs = experiments.equal_time_runs(results, tmp_path, ["seed=1"])
     assert calls == [("mnist_ico_n", ["seed=1", "trainer.max_epochs=2", "name=mnist_ico_n_equal_time"],
-                      "mnist_ico_n_equal_time")]
-    assert list(runs) == ["mnist_ico_n_equal_time"]
+                      "mnist_ico_n_equal_time"),
+                     ("mnist_planar_n", ["seed=1", "trainer.max_epochs=40", "name=mnist_planar_n_equal_time"],
+                      "mnist_planar_n_equal_time")]
+    assert list(runs) == ["mnist_ico_n_equal_time", "mnist_planar_n_equal_time"]
     table = experiments.markdown_table(results | runs)
-    rows = [line for line in table.splitlines() if line.startswith("| icosahedral")]
+    rows = [line for line in table.splitlines() if line.startswith(("| icosahedral", "| planar"))]
     assert rows[0].startswith("| icosahedral CNN (IcoClassifier) | N | 92.00 |") and "| 10 |" in rows[0]
     assert rows[1].startswith("| icosahedral CNN (IcoClassifier), the planar run's time | N | 90.00 |")
     assert "| 2 |" in rows[1]
     assert rows[2].startswith("| icosahedral CNN (IcoClassifier) | R |")
+    assert rows[3].startswith("| planar CNN on the 5 charts | N | 94.00 |")
+    assert rows[4].startswith("| planar CNN on the 5 charts, the icosahedral run's time | N | 90.00 |")
+    assert "| 40 |" in rows[4]
+
+    calls.clear()
+    assert list(experiments.equal_time_runs(results, tmp_path, [], ("ico",))) == ["mnist_ico_n_equal_time"]
+    assert [call[0] for call in calls] == ["mnist_ico_n"]
+
+
+def test_a_finished_run_is_read_back_not_trained_again(experiments, monkeypatch, tmp_path):
+    metrics = tmp_path / "outputs" / "train" / "mnist_ico_n_equal_time" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"epochs": 3, "fit_seconds": 5.0}')
+    trained = []
+    monkeypatch.setattr(experiments.subprocess, "run", lambda command, check: trained.append(command))
+    assert experiments.run_experiment("mnist_ico_n", tmp_path, ["name=mnist_ico_n_equal_time"],
+                                      "mnist_ico_n_equal_time") == {"epochs": 3, "fit_seconds": 5.0}
+    assert trained == []
+    with pytest.raises(FileNotFoundError):  # not finished: trained (here: a no-op), then its metrics are read
+        experiments.run_experiment("mnist_planar_n", tmp_path, [])
+    assert len(trained) == 1 and "experiment=mnist_planar_n" in trained[0]
 
 
 def test_equal_time_epochs_round_to_at_least_one(experiments):
