@@ -19,8 +19,8 @@ epochs), and the planar net for the icosahedral one's time (about 13x the epochs
 icosahedral run). `--equal-time ico` or `planar` runs one direction only.
 
 A run whose metrics.json is already in ROOT is reused, not trained again, so an interrupted script
-picks up where it stopped (a run killed mid-fit resumes from its own checkpoint); delete a run's
-folder to train it again.
+picks up where it stopped (the run killed mid-fit starts over, or resumes with `-- ckpt_path=last`);
+delete a run's folder to train it again.
 """
 
 from __future__ import annotations
