@@ -100,6 +100,7 @@ def test_every_option_fits(root, row, monkeypatch):
     run = root / row
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["global_step"] == results["global_step"] > 0
+    assert saved["epochs"] == (1 if "debug=fast_dev_run" in ROWS[row] else cfg.trainer.max_epochs)
     assert saved["test"] and all(v is None or v == v for v in saved["test"].values())  # no NaN
     if "callbacks=none" in ROWS[row] or "debug=fast_dev_run" in ROWS[row]:
         assert "best_score" not in saved

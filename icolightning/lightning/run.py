@@ -152,16 +152,19 @@ def best_model_score(trainer: L.Trainer, best: str | None) -> float | None:
     return None if score is None or not best else float(score)
 
 
-def save_final_checkpoint(trainer: L.Trainer) -> tuple[str | None, int]:
+def save_final_checkpoint(trainer: L.Trainer) -> tuple[str | None, int, int]:
     """Write the end-of-fit state as last.ckpt (the step-interval callback only saves every N steps);
-    returns its path and global step (under ddp_spawn: the one rank 0 wrote)."""
+    returns its path, global step and trained epochs (under ddp_spawn: those of the last.ckpt rank 0
+    wrote, where an epoch counts once all its training batches ran)."""
     path = last_checkpoint_path(trainer)
     if path is None:
-        return None, trainer.global_step
+        return None, trainer.global_step, trainer.current_epoch
     if fitted_in_spawned_processes(trainer):
-        return str(path), int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+        return str(path), int(saved["global_step"]), int(epochs)
     trainer.save_checkpoint(path)
-    return str(path), trainer.global_step
+    return str(path), trainer.global_step, trainer.current_epoch
 
 
 # ---------------------------------------------------------------------------------- results
@@ -224,8 +227,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=agreed_ckpt_path(trainer, cfg.ckpt_path, run_dir),
                     weights_only=True)
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
-        results["last_checkpoint"], results["global_step"] = save_final_checkpoint(trainer)
-        results["epochs"] = trainer.current_epoch
+        results["last_checkpoint"], results["global_step"], results["epochs"] = save_final_checkpoint(trainer)
         metrics = trainer.callback_metrics
         results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
