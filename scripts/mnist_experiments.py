@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 EXPERIMENTS = ("mnist_ico_n", "mnist_ico_r", "mnist_planar_n", "mnist_planar_r")
 EQUAL_TIME = "_equal_time"
 MODEL_NAMES = {"ico": "icosahedral CNN (IcoClassifier)", "planar": "planar CNN on the 5 charts"}
@@ -47,6 +49,16 @@ def _metrics_path(root: Path, name: str) -> Path:
     return root / "outputs" / "train" / name / "metrics.json"
 
 
+def read_run(root: Path, run_name: str) -> dict:
+    """A finished run's metrics.json plus the command that made it (from Hydra's record of its overrides)."""
+    metrics = _metrics_path(root, run_name)
+    results = json.loads(metrics.read_text())
+    overrides = metrics.parent / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        results["command"] = " ".join(["icolightning-train", *yaml.safe_load(overrides.read_text())])
+    return results
+
+
 def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | None = None) -> dict:
     """Train and test one experiment in a child process; return its metrics.json plus wall time.
     `run_name`: the run folder's name when overrides set `name=` (default: the experiment's).
@@ -54,15 +66,14 @@ def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | 
     done = _metrics_path(root, run_name or name)
     if done.is_file():
         print(f"reusing the finished run {done.parent} (delete that folder to train it again)", flush=True)
-        return json.loads(done.read_text())
+        return read_run(root, run_name or name)
     command = [sys.executable, "-m", "icolightning.cli.train", f"experiment={name}",
                f"paths.root_dir={root}", *overrides]
     print("$", " ".join(command[2:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    results = json.loads(_metrics_path(root, run_name or name).read_text())
+    results = read_run(root, run_name or name)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    results["command"] = " ".join(["icolightning-train", *command[3:]])
     return results
 
 
@@ -126,8 +137,7 @@ def main() -> None:
     root = args.root.resolve()
     names = [*args.only, *(name + EQUAL_TIME for name in args.only)]
     if args.collect:
-        results = {name: json.loads(_metrics_path(root, name).read_text())
-                   for name in names if _metrics_path(root, name).is_file()}
+        results = {name: read_run(root, name) for name in names if _metrics_path(root, name).is_file()}
     else:
         results = {name: run_experiment(name, root, args.overrides) for name in args.only}
         if args.equal_time:

@@ -59,10 +59,13 @@ def test_a_finished_run_is_read_back_not_trained_again(experiments, monkeypatch,
     metrics = tmp_path / "outputs" / "train" / "mnist_ico_n_equal_time" / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text('{"epochs": 3, "fit_seconds": 5.0}')
+    (metrics.parent / ".hydra").mkdir()
+    (metrics.parent / ".hydra" / "overrides.yaml").write_text("- experiment=mnist_ico_n\n- trainer.max_epochs=3\n")
     trained = []
     monkeypatch.setattr(experiments.subprocess, "run", lambda command, check: trained.append(command))
     assert experiments.run_experiment("mnist_ico_n", tmp_path, ["name=mnist_ico_n_equal_time"],
-                                      "mnist_ico_n_equal_time") == {"epochs": 3, "fit_seconds": 5.0}
+                                      "mnist_ico_n_equal_time") == {
+        "epochs": 3, "fit_seconds": 5.0, "command": "icolightning-train experiment=mnist_ico_n trainer.max_epochs=3"}
     assert trained == []
     with pytest.raises(FileNotFoundError):  # not finished: trained (here: a no-op), then its metrics are read
         experiments.run_experiment("mnist_planar_n", tmp_path, [])
