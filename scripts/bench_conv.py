@@ -1,11 +1,12 @@
 """IcoConv vs a plain conv2d with the same channels on the same number of pixels, side by side.
 
 The plain conv2d runs both in PyTorch's default layout (NCHW) and channels-last (NHWC); IcoConv
-keeps its padded charts channels-last, so "vs NHWC" is the like-for-like figure. A fourth step,
-"padded", is the conv2d IcoConv itself runs, alone: the same dense kernel over already padded
-channels-last charts [B·5, C·R, H+2, W+2] with no implicit padding. IcoConv minus "padded" is the
-gauge padding and corner rule; "padded" minus NHWC is what an explicitly padded input costs the
-convolution library.
+keeps its padded charts channels-last, so "vs NHWC" is the like-for-like figure. Two more steps
+split IcoConv's cost: "padded" is the conv2d IcoConv itself runs, alone (the same dense kernel over
+already padded channels-last charts [B·5, C·R, H+2, W+2], no implicit padding), and "charts" is
+the same conv2d over the unpadded charts [B·5, C·R, H, W] with implicit zero padding. IcoConv over
+"padded" is the gauge padding and corner rule; "padded" over "charts" is what an explicit border
+costs the convolution library.
 
 Forward + backward (input and weight gradients), float32, runs interleaved in one process so
 both see the same machine state; prints the median time of each and their ratio.
@@ -50,9 +51,9 @@ def _time(fn, device: torch.device, reset, clock) -> float:
 
 
 def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
-            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, float, float, float]:
-    """Median seconds of (IcoConv, its conv2d alone on padded charts, plain conv2d in the default
-    layout, plain conv2d channels-last)."""
+            device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> tuple[float, ...]:
+    """Median seconds of (IcoConv, its conv2d alone on padded charts, the same on unpadded charts with
+    implicit padding, plain conv2d in the default layout, plain conv2d channels-last)."""
     grid = IcoGrid(level)
     r_in = 6 if in_rep == "regular" else 1
     conv = IcoConv(channels, channels, level, in_rep, "regular").to(device, dtype)
@@ -70,6 +71,7 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     plain_x_cl = plain_x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     padded_x = torch.randn(batch * 5, channels * r_in, height + 2, width + 2, device=device, dtype=dtype)
     padded_x = padded_x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    charts_x = padded_x.detach()[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last).requires_grad_()
 
     # Upstream gradients as a following layer would hand them back: dense, in each output's layout.
     out = conv(IcoSignal(charts, poles))
@@ -79,7 +81,7 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     plain_grad_cl = plain_grad.contiguous(memory_format=torch.channels_last)
     padded_grad = torch.randn(batch * 5, channels * 6, height, width, device=device, dtype=dtype)
     padded_grad = padded_grad.contiguous(memory_format=torch.channels_last)
-    leaves = (charts, poles, *conv.parameters(), plain_x, plain_x_cl, padded_x, plain_w, plain_b)
+    leaves = (charts, poles, *conv.parameters(), plain_x, plain_x_cl, padded_x, charts_x, plain_w, plain_b)
 
     def ico_step() -> None:
         out = conv(IcoSignal(charts, poles))
@@ -87,6 +89,9 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
 
     def padded_step() -> None:
         F.conv2d(padded_x, plain_w, plain_b).backward(padded_grad)
+
+    def charts_step() -> None:
+        F.conv2d(charts_x, plain_w, plain_b, padding=1).backward(padded_grad)
 
     def plain_step() -> None:
         F.conv2d(plain_x, plain_w, plain_b, padding=1).backward(plain_grad)
@@ -98,7 +103,7 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
         for leaf in leaves:
             leaf.grad = None
 
-    steps = (ico_step, padded_step, plain_step, plain_step_cl)
+    steps = (ico_step, padded_step, charts_step, plain_step, plain_step_cl)
     for _ in range(3):
         for step in steps:
             step()
@@ -106,8 +111,7 @@ def compare(level: int, channels: int, in_rep: str, batch: int, repeats: int,
     for _ in range(repeats):
         for step, record in zip(steps, times, strict=True):
             record.append(_time(step, device, reset, clock))
-    ico, padded, plain, plain_cl = (statistics.median(t) for t in times)
-    return ico, padded, plain, plain_cl
+    return tuple(statistics.median(t) for t in times)
 
 
 def compare_disco(level: int, channels: int, batch: int, repeats: int, device: torch.device, dtype: torch.dtype,
@@ -159,16 +163,18 @@ def main() -> None:
           f"channels={args.channels}x6, forward+backward, median of {args.repeats}")
     print("plain conv2d: the same channels on the same pixel count, in the default layout (NCHW) and")
     print("channels-last (NHWC, the layout IcoConv works in); the ratio against each is printed;")
-    print("padded: IcoConv's own conv2d alone, over the padded charts (padded/NHWC: the explicit border's cost)")
-    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'padded ms':>11}{'NCHW ms':>10}{'NHWC ms':>10}"
-          f"{'vs NCHW':>9}{'vs NHWC':>9}{'padded/NHWC':>13}")
+    print("padded: IcoConv's own conv2d alone over the padded charts; charts: the same over the unpadded")
+    print("charts with implicit zero padding (padded/charts: what the explicit border costs the conv2d)")
+    print(f"{'layer':<20}{'level':>6}{'IcoConv ms':>12}{'padded ms':>11}{'charts ms':>11}{'NCHW ms':>10}"
+          f"{'NHWC ms':>10}{'vs NCHW':>9}{'vs NHWC':>9}{'ico/padded':>12}{'padded/charts':>15}")
     cases = [(lvl, "regular") for lvl in args.level] + [(5 if 5 in args.level else args.level[0], "scalar")]
     for level, in_rep in cases:
-        ico, padded, plain, plain_cl = compare(level, args.channels, in_rep, args.batch, args.repeats, device, dtype,
-                                               clock)
+        ico, padded, unpadded, plain, plain_cl = compare(level, args.channels, in_rep, args.batch, args.repeats,
+                                                         device, dtype, clock)
         name = "regular->regular" if in_rep == "regular" else "scalar->regular"
-        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{padded * 1e3:>11.1f}{plain * 1e3:>10.1f}{plain_cl * 1e3:>10.1f}"
-              f"{ico / plain:>9.3f}{ico / plain_cl:>9.3f}{padded / plain_cl:>13.3f}")
+        print(f"{name:<20}{level:>6}{ico * 1e3:>12.1f}{padded * 1e3:>11.1f}{unpadded * 1e3:>11.1f}{plain * 1e3:>10.1f}"
+              f"{plain_cl * 1e3:>10.1f}{ico / plain:>9.3f}{ico / plain_cl:>9.3f}{ico / padded:>12.3f}"
+              f"{padded / unpadded:>15.3f}")
     if args.torch_harmonics:
         print("IcoConv (vertex tensors in and out) vs torch-harmonics DiscreteContinuousConvS2, same dense channels")
         for level in args.level:

@@ -139,7 +139,8 @@ def test_profile_splits_a_step_into_convolutions_and_the_rest():
 
 def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypatch):
     """bench_conv's "padded" step must run the very conv2d IcoConv runs (same input and kernel shapes,
-    channels-last, no implicit padding), or "IcoConv minus padded" is not the padding's cost."""
+    channels-last, no implicit padding), or "IcoConv over padded" is not the padding's cost; "charts"
+    the same conv2d on the unpadded charts, or "padded over charts" is not the explicit border's cost."""
     import torch
     import torch.nn.functional as F
 
@@ -158,7 +159,10 @@ def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypa
 
     monkeypatch.setattr(F, "conv2d", recording)
     times = bench_conv.compare(2, 3, "regular", 2, 1, torch.device("cpu"), torch.float32)
-    assert len(times) == 4 and all(t > 0 for t in times)
+    assert len(times) == 5 and all(t > 0 for t in times)
     ico_call = (((10, 18, 6, 10), True, (18, 18, 3, 3), 0))
-    assert calls.count(ico_call) >= 2 * 4, calls  # IcoConv and the padded step, each warmed up 3x and timed once
-    assert {c[3] for c in calls if c != ico_call} == {1}, calls  # the two plain steps pad implicitly
+    assert calls.count(ico_call) == 1 + 2 * 4, calls  # IcoConv once for the gradient shapes, then IcoConv and
+    # the padded step, each warmed up 3x and timed once
+    charts_call = (((10, 18, 4, 8), True, (18, 18, 3, 3), 1))
+    assert calls.count(charts_call) == 4, calls  # the unpadded charts, implicit padding
+    assert {c[3] for c in calls if c != ico_call} == {1}, calls  # the plain steps pad implicitly
