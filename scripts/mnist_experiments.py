@@ -18,7 +18,8 @@ schedule, not a run cut off by a clock): the icosahedral net for the planar one'
 epochs), and the planar net for the icosahedral one's time (about 13x the epochs; as long as the
 icosahedral run). `--equal-time ico` or `planar` runs one direction only.
 
-A run whose metrics.json is already in ROOT is reused, not trained again, so an interrupted script
+A run whose metrics.json is already in ROOT (made with the same overrides) is reused, not trained
+again, so an interrupted script
 picks up where it stopped (the run killed mid-fit starts over, or resumes with `-- ckpt_path=last`);
 delete a run's folder to train it again.
 """
@@ -61,18 +62,25 @@ def read_run(root: Path, run_name: str) -> dict:
 
 def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | None = None) -> dict:
     """Train and test one experiment in a child process; return its metrics.json plus wall time.
-    `run_name`: the run folder's name when overrides set `name=` (default: the experiment's).
-    A run that already wrote its metrics.json is read back instead of trained again."""
-    done = _metrics_path(root, run_name or name)
+    `run_name`: the run folder's name (default: a `name=` override's, else the experiment's).
+    A run that already wrote its metrics.json with the same overrides is read back instead of
+    trained again; one made with other overrides is refused rather than mixed into the table."""
+    run_name = run_name or next((o.split("=", 1)[1] for o in overrides if o.startswith("name=")), name)
+    arguments = [f"experiment={name}", f"paths.root_dir={root}", *overrides]
+    done = _metrics_path(root, run_name)
     if done.is_file():
+        recorded = done.parent / ".hydra" / "overrides.yaml"
+        made_with = yaml.safe_load(recorded.read_text()) if recorded.is_file() else None
+        if made_with is not None and made_with != arguments:
+            raise SystemExit(f"{done.parent} was trained with {' '.join(made_with)}, not {' '.join(arguments)}: "
+                             "delete that folder to train it again, or give the run another name=")
         print(f"reusing the finished run {done.parent} (delete that folder to train it again)", flush=True)
-        return read_run(root, run_name or name)
-    command = [sys.executable, "-m", "icolightning.cli.train", f"experiment={name}",
-               f"paths.root_dir={root}", *overrides]
+        return read_run(root, run_name)
+    command = [sys.executable, "-m", "icolightning.cli.train", *arguments]
     print("$", " ".join(command[2:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    results = read_run(root, run_name or name)
+    results = read_run(root, run_name)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     return results
 

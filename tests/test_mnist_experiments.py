@@ -60,12 +60,15 @@ def test_a_finished_run_is_read_back_not_trained_again(experiments, monkeypatch,
     metrics.parent.mkdir(parents=True)
     metrics.write_text('{"epochs": 3, "fit_seconds": 5.0}')
     (metrics.parent / ".hydra").mkdir()
-    (metrics.parent / ".hydra" / "overrides.yaml").write_text("- experiment=mnist_ico_n\n- trainer.max_epochs=3\n")
+    made_with = ["experiment=mnist_ico_n", f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
+                 "name=mnist_ico_n_equal_time"]
+    (metrics.parent / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in made_with))
     trained = []
     monkeypatch.setattr(experiments.subprocess, "run", lambda command, check: trained.append(command))
-    assert experiments.run_experiment("mnist_ico_n", tmp_path, ["name=mnist_ico_n_equal_time"],
-                                      "mnist_ico_n_equal_time") == {
-        "epochs": 3, "fit_seconds": 5.0, "command": "icolightning-train experiment=mnist_ico_n trainer.max_epochs=3"}
+    assert experiments.run_experiment("mnist_ico_n", tmp_path, made_with[2:]) == {
+        "epochs": 3, "fit_seconds": 5.0, "command": " ".join(["icolightning-train", *made_with])}
+    with pytest.raises(SystemExit, match=r"trainer\.max_epochs=3"):  # same folder, other overrides: refused
+        experiments.run_experiment("mnist_ico_n", tmp_path, ["trainer.max_epochs=5", "name=mnist_ico_n_equal_time"])
     assert trained == []
     with pytest.raises(FileNotFoundError):  # not finished: trained (here: a no-op), then its metrics are read
         experiments.run_experiment("mnist_planar_n", tmp_path, [])
