@@ -19,9 +19,8 @@ epochs), and the planar net for the icosahedral one's time (about 13x the epochs
 icosahedral run). `--equal-time ico` or `planar` runs one direction only.
 
 A run whose metrics.json is already in ROOT (made with the same overrides) is reused, not trained
-again, so an interrupted script
-picks up where it stopped (the run killed mid-fit starts over, or resumes with `-- ckpt_path=last`);
-delete a run's folder to train it again.
+again, so an interrupted script picks up where it stopped (the run killed mid-fit starts over, or
+resumes with `-- ckpt_path=last`); delete a run's folder to train it again.
 """
 
 from __future__ import annotations
@@ -50,27 +49,31 @@ def _metrics_path(root: Path, name: str) -> Path:
     return root / "outputs" / "train" / name / "metrics.json"
 
 
+def _made_with(root: Path, run_name: str) -> list[str] | None:
+    """The command-line overrides a run was made with (Hydra's record), None if it has none."""
+    recorded = _metrics_path(root, run_name).parent / ".hydra" / "overrides.yaml"
+    return yaml.safe_load(recorded.read_text()) if recorded.is_file() else None
+
+
 def read_run(root: Path, run_name: str) -> dict:
-    """A finished run's metrics.json plus the command that made it (from Hydra's record of its overrides)."""
-    metrics = _metrics_path(root, run_name)
-    results = json.loads(metrics.read_text())
-    overrides = metrics.parent / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        results["command"] = " ".join(["icolightning-train", *yaml.safe_load(overrides.read_text())])
+    """A finished run's metrics.json plus the command that made it."""
+    results = json.loads(_metrics_path(root, run_name).read_text())
+    made_with = _made_with(root, run_name)
+    if made_with is not None:
+        results["command"] = " ".join(["icolightning-train", *made_with])
     return results
 
 
-def run_experiment(name: str, root: Path, overrides: list[str], run_name: str | None = None) -> dict:
+def run_experiment(name: str, root: Path, overrides: list[str]) -> dict:
     """Train and test one experiment in a child process; return its metrics.json plus wall time.
-    `run_name`: the run folder's name (default: a `name=` override's, else the experiment's).
-    A run that already wrote its metrics.json with the same overrides is read back instead of
-    trained again; one made with other overrides is refused rather than mixed into the table."""
-    run_name = run_name or next((o.split("=", 1)[1] for o in overrides if o.startswith("name=")), name)
+    The run folder is a `name=` override's, else the experiment's. A run that already wrote its
+    metrics.json with the same overrides is read back instead of trained again; one made with other
+    overrides is refused rather than mixed into the table."""
+    run_name = next((o.split("=", 1)[1] for o in overrides if o.startswith("name=")), name)
     arguments = [f"experiment={name}", f"paths.root_dir={root}", *overrides]
     done = _metrics_path(root, run_name)
     if done.is_file():
-        recorded = done.parent / ".hydra" / "overrides.yaml"
-        made_with = yaml.safe_load(recorded.read_text()) if recorded.is_file() else None
+        made_with = _made_with(root, run_name)
         if made_with is not None and made_with != arguments:
             raise SystemExit(f"{done.parent} was trained with {' '.join(made_with)}, not {' '.join(arguments)}: "
                              "delete that folder to train it again, or give the run another name=")
@@ -103,7 +106,7 @@ def equal_time_runs(results: dict[str, dict], root: Path, overrides: list[str],
             continue
         epochs = equal_time_epochs(run, twin)
         runs[name + EQUAL_TIME] = run_experiment(name, root, [*overrides, f"trainer.max_epochs={epochs}",
-                                                              f"name={name}{EQUAL_TIME}"], name + EQUAL_TIME)
+                                                              f"name={name}{EQUAL_TIME}"])
     return runs
 
 

@@ -27,18 +27,16 @@ def _result(acc_n: float, epochs: int, fit_seconds: float) -> dict:
 def test_each_network_runs_again_for_its_twins_fit_time(experiments, monkeypatch, tmp_path):
     calls = []
 
-    def fake_run(name, root, overrides, run_name=None):
-        calls.append((name, overrides, run_name))
+    def fake_run(name, root, overrides):
+        calls.append((name, overrides))
         return _result(0.9, int(overrides[-2].split("=")[1]), 0.0)
 
     monkeypatch.setattr(experiments, "run_experiment", fake_run)
     results = {"mnist_ico_n": _result(0.92, 10, 1200.0), "mnist_planar_n": _result(0.94, 10, 300.0),
                "mnist_ico_r": _result(0.6, 10, 1300.0)}  # no planar_r twin: no equal-time run for R
     runs = experiments.equal_time_runs(results, tmp_path, ["seed=1"])
-    assert calls == [("mnist_ico_n", ["seed=1", "trainer.max_epochs=2", "name=mnist_ico_n_equal_time"],
-                      "mnist_ico_n_equal_time"),
-                     ("mnist_planar_n", ["seed=1", "trainer.max_epochs=40", "name=mnist_planar_n_equal_time"],
-                      "mnist_planar_n_equal_time")]
+    assert calls == [("mnist_ico_n", ["seed=1", "trainer.max_epochs=2", "name=mnist_ico_n_equal_time"]),
+                     ("mnist_planar_n", ["seed=1", "trainer.max_epochs=40", "name=mnist_planar_n_equal_time"])]
     assert list(runs) == ["mnist_ico_n_equal_time", "mnist_planar_n_equal_time"]
     table = experiments.markdown_table(results | runs)
     rows = [line for line in table.splitlines() if line.startswith(("| icosahedral", "| planar"))]
