@@ -2,7 +2,7 @@
 
 The Hydra configs live in conf/ at the top of the repository (where users look for them) and are
 shipped inside the package as icolightning/conf, so an installed wheel finds them next to its code
-(`icolightning.lightning.run.find_config_dir`). pyproject.toml cannot map a folder onto a
+(`icolightning.jobs.common.find_config_dir`). pyproject.toml cannot map a folder onto a
 sub-package while also discovering packages, hence this file.
 """
 

@@ -1,7 +1,8 @@
-"""LightningDataModules and the data pipeline (netCDF reading, regridding, caching, synthetic data)."""
+"""LightningDataModules and the data pipeline: reading (io), regridding (regrid), caching (cache),
+and one folder per dataset (climatenet, climate_sphere, mnist)."""
 
-from datamodules.climate import ClimateDataModule
 from datamodules.climate_sphere import ClimateSphereDataModule
-from datamodules.mnist import SphericalMNISTDataModule as SphericalMNISTDataModule
+from datamodules.climatenet import ClimateDataModule
+from datamodules.mnist import SphericalMNISTDataModule
 
 __all__ = ["ClimateDataModule", "ClimateSphereDataModule", "SphericalMNISTDataModule"]

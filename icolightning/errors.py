@@ -13,6 +13,18 @@ class DataError(Exception):
     """A data folder, data file or checkpoint that cannot be used (exit status 1)."""
 
 
+class DataFileError(DataError, ValueError):
+    """A problem with one input file or store; the message always starts with the file (and variable)."""
+
+    def __init__(self, path: str | Path, problem: str, variable: str | None = None) -> None:
+        self.path, self.problem, self.variable = Path(path), problem, variable
+        where = f"{path}" if variable is None else f"{path}: variable {variable!r}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[type[DataFileError], tuple[Path, str, str | None]]:
+        return type(self), (self.path, self.problem, self.variable)
+
+
 class UsageError(Exception):
     """A wrong option or combination of options (exit status 2)."""
 

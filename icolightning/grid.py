@@ -28,8 +28,24 @@ HEX_OFFSETS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (1, 0), (0, -1), (-1
 """(dh, dw) of the six hex neighbours, counter-clockwise from the frame direction."""
 
 MAX_LEVEL = 9
+NUM_CORNERS = 12
+"""The icosahedron's own vertices: 10 chart corners (two per chart) and the 2 poles."""
+NUM_POLES = 2
 ArrayLike = TypeVar("ArrayLike")
 """A torch tensor or a numpy array: the layout helpers work on both and return the same kind."""
+
+
+def vertex_count(level: int) -> int:
+    """N(r) = 10·4^r + 2: the one place the vertex-count formula is written."""
+    return 10 * 4**level + 2
+
+
+def level_of(num_vertices: int) -> int:
+    """The level r with N(r) = num_vertices (a ValueError for any other count)."""
+    for level in range(32):
+        if vertex_count(level) == num_vertices:
+            return level
+    raise ValueError(f"{num_vertices} is not an icosahedral vertex count 10·4^r + 2")
 
 
 def _icosahedron_corners() -> np.ndarray:
@@ -192,7 +208,7 @@ class IcoGrid:
     # ---------------------------------------------------------------- sizes and positions
     @property
     def num_vertices(self) -> int:
-        return 10 * 4**self.level + 2
+        return vertex_count(self.level)
 
     @property
     def chart_shape(self) -> tuple[int, int]:

@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.tri import Triangulation
 
-CLASS_COLOURS = {"TC": "#d62728", "AR": "#1f77b4"}
+from icolightning.classes import CLASS_COLOURS
+
 _EXTRA_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -24,7 +25,7 @@ def _class_colours(class_names: Sequence[str]) -> dict[int, str]:
     return {i: CLASS_COLOURS.get(name) or next(extra) for i, name in enumerate(class_names) if i > 0}
 
 
-def _wrapped_field(lat: np.ndarray, lon: np.ndarray, values: np.ndarray) -> tuple[Triangulation, np.ndarray]:
+def wrapped_field(lat: np.ndarray, lon: np.ndarray, values: np.ndarray) -> tuple[Triangulation, np.ndarray]:
     """Triangulate vertex values on the lat/lon plane with copies shifted by ±360° and the poles
     spread along their latitude, so the shading reaches every edge of the 0–360 × ±90 frame."""
     poles = np.flatnonzero(np.abs(lat) == 90.0)
@@ -39,7 +40,7 @@ def _draw_panel(ax, latlon: np.ndarray, labels: np.ndarray, background: np.ndarr
                 class_names: Sequence[str], title: str) -> None:
     lat, lon = latlon[:, 0], latlon[:, 1]
     if background is not None:
-        triangulation, values = _wrapped_field(lat, lon, background)
+        triangulation, values = wrapped_field(lat, lon, background)
         ax.tripcolor(triangulation, values, shading="gouraud", cmap="Greys_r", rasterized=True)
     size = max(0.5, 4e4 / len(lat))
     for cls, colour in _class_colours(class_names).items():

@@ -27,10 +27,10 @@ import numpy as np
 import xarray as xr
 
 from datamodules import ClimateDataModule
-from datamodules.climate import ALL16
-from datamodules.netcdf_io import LatLonFile
+from datamodules.climatenet.datamodule import ALL16
+from datamodules.climatenet.synthetic import generate_dataset
+from datamodules.io.netcdf import LatLonFile
 from datamodules.regrid import clear_matrix_cache, latlon_to_ico
-from datamodules.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
 

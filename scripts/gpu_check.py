@@ -16,15 +16,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from equivariance import max_equivariance_error
-
 from icolightning.grid import IcoGrid
 from icolightning.models import IcoUNet
+from icolightning.nn import check_equivariance
 
 EQUIVARIANCE_TOL_FLOAT32 = 1e-5
 """Relative error bound in float32: 1.4e-6 measured on CPU at levels 2 and 3 (float64 reaches 1e-10
@@ -51,12 +48,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def check_equivariance(device: torch.device, level: int = 3) -> dict:
+def equivariance_report(device: torch.device, level: int = 3) -> dict:
     """max over the 60 rotations g of |f(x∘g) − f(x)∘g| / max|f(x)|, float32, eval mode."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = _unet(level, device).eval()
     with torch.no_grad():
-        error = max_equivariance_error(model, level, level, _inputs(level, device))
+        error = check_equivariance(model, level, 4, tolerance=None, x=_inputs(level, device))
     return {"check": "equivariance", "device": str(device), "dtype": "float32", "level": level, "rotations": 60,
             "max_relative_error": error, "tolerance": EQUIVARIANCE_TOL_FLOAT32, "ok": error < EQUIVARIANCE_TOL_FLOAT32}
 
@@ -147,7 +144,7 @@ def check_determinism(device: torch.device, level: int = 4, batch: int = 4) -> d
     return report
 
 
-CHECKS = {"equivariance": check_equivariance, "compile": check_compile, "determinism": check_determinism}
+CHECKS = {"equivariance": equivariance_report, "compile": check_compile, "determinism": check_determinism}
 
 
 def main(argv: list[str] | None = None) -> int:

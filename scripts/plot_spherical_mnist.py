@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from datamodules.mnist import MODES, SphericalMNIST, load_digits
+from datamodules.mnist.datamodule import MODES, SphericalMNIST, load_digits
 from icolightning.grid import IcoGrid
 
 

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-CLASSES = ("BG", "TC", "AR")
+from icolightning.classes import CLIMATE_CLASSES, EVENT_CLASSES
+
 METRICS: tuple[tuple[str, str], ...] = (
     ("mean_acc", "mean acc"),
     ("mAP", "mAP"),
     ("mean_iou", "mean IoU"),
-    *((f"acc_{c}", f"acc {c}") for c in CLASSES),
-    *((f"ap_{c}", f"AP {c}") for c in CLASSES[1:]),
-    *((f"iou_{c}", f"IoU {c}") for c in CLASSES),
+    *((f"acc_{c}", f"acc {c}") for c in CLIMATE_CLASSES),
+    *((f"ap_{c}", f"AP {c}") for c in EVENT_CLASSES),
+    *((f"iou_{c}", f"IoU {c}") for c in CLIMATE_CLASSES),
 )
 """(metric key without the `test/` prefix, column title)."""
 PUBLISHED = Path(__file__).resolve().parents[1] / "docs" / "published_climate.json"

@@ -17,8 +17,8 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from icolightning.lightning.config import instantiate_module
-from icolightning.lightning.run import CONFIG_DIR
+from icolightning.config import CONFIG_DIR, instantiate_module
+from icolightning.grid import vertex_count
 
 TRAIN_SAMPLES = 43_916
 
@@ -36,7 +36,7 @@ def main() -> None:
     model = instantiate_module(cfg.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = args.batch or cfg.data.batch_size
-    x = torch.randn(batch, len(cfg.data.variables), 10 * 4**cfg.data.level + 2)
+    x = torch.randn(batch, len(cfg.data.variables), vertex_count(cfg.data.level))
     y = torch.randint(0, 3, (batch, x.shape[-1]))
     wall, cpu = [], []
     for _ in range(args.steps):

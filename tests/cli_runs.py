@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from icolightning.lightning.run import CONFIG_DIR
+from icolightning.config import CONFIG_DIR
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent

@@ -15,7 +15,8 @@ from checkpoints import write_checkpoint
 from cli_runs import compose_config as _config
 from cli_runs import run_cli
 
-from icolightning.lightning.run import evaluate, train
+from icolightning.jobs.evaluate import evaluate
+from icolightning.jobs.train import train
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
         per_epoch = [float(r["val/mAP"]) for r in csv.DictReader(f) if r.get("val/mAP")]
     assert len(per_epoch) == 2 and saved["best_score"] == pytest.approx(max(per_epoch), abs=1e-6)
     assert Path(results["best_checkpoint"]).name.startswith(f"best-epoch{per_epoch.index(max(per_epoch)):03d}")
-    for name in ("TC", "AR"):  # event-level scores (icolightning.event_metrics); null when undefined
+    for name in ("TC", "AR"):  # event-level scores (icolightning.metrics.events); null when undefined
         assert test[f"test/true_events_{name}"] >= test[f"test/detected_{name}"] >= 0
         true, detected = test[f"test/true_events_{name}"], test[f"test/detected_{name}"]
         assert test[f"test/event_pod_{name}"] == (pytest.approx(detected / true, abs=1e-6) if true else None)

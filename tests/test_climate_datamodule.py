@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from datamodules import ClimateDataModule
-from datamodules.cache import CacheEntry, PreprocessConfig, ensure_cache, entry_path
-from datamodules.climate import ALL16, CLIMATENET4, samples_by_time, split_validation
-from datamodules.synthetic import generate_dataset
+from datamodules.cache.entries import CacheEntry, PreprocessConfig, ensure_cache, entry_path
+from datamodules.climatenet.datamodule import ALL16, CLIMATENET4, samples_by_time, split_validation
+from datamodules.climatenet.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
 LEVEL = 2
@@ -176,7 +176,7 @@ def test_touched_source_file_is_rebuilt_alone(tmp_path) -> None:
 
 
 def test_interrupted_run_leaves_no_partial_entry_and_resumes(tmp_path, monkeypatch) -> None:
-    import datamodules.cache as cache_module
+    import datamodules.cache.entries as cache_module
 
     generate_dataset(tmp_path / "data", n_train=4, n_test=0, nlat=24, nlon=48, seed=0)
     sources = sorted((tmp_path / "data" / "train").glob("*.nc"))

@@ -12,12 +12,13 @@ import torch
 import xarray as xr
 
 from datamodules import ClimateDataModule
-from datamodules.climate import CLIMATENET4, EmptySplitError
-from datamodules.netcdf_io import DataFileError, LatLonFile
+from datamodules.climatenet.datamodule import CLIMATENET4, EmptySplitError
+from datamodules.climatenet.synthetic import file_name, grid_coords, make_sample
+from datamodules.io.convert import regrid_netcdf
+from datamodules.io.netcdf import LatLonFile
+from datamodules.io.prediction import load_for_prediction
 from datamodules.normalization import Normalization
-from datamodules.predict import load_for_prediction
-from datamodules.regrid_netcdf import regrid_netcdf
-from datamodules.synthetic import file_name, grid_coords, make_sample
+from icolightning.errors import DataFileError
 from icolightning.grid import IcoGrid
 
 LEVEL = 2

@@ -8,11 +8,11 @@ import torch
 import xarray as xr
 
 from datamodules import ClimateDataModule
+from datamodules.climatenet.synthetic import generate_dataset
+from datamodules.io.convert import regrid_netcdf
+from datamodules.io.prediction import load_for_prediction, write_prediction
 from datamodules.normalization import Normalization
-from datamodules.predict import load_for_prediction, write_prediction
 from datamodules.regrid import ico_to_latlon, latlon_to_ico
-from datamodules.regrid_netcdf import regrid_netcdf
-from datamodules.synthetic import generate_dataset
 from icolightning.cli.regrid import main as regrid_main
 from icolightning.grid import IcoGrid
 

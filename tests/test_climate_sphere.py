@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-import datamodules.climate_sphere_cache as sphere_cache
-from datamodules.climate_sphere import ClimateSphereDataModule
-from datamodules.climate_sphere_io import CHANNELS, SphereFileError, read_sample, sphere_to_ico, split_list
-from datamodules.synthetic_sphere import analytic_fields, analytic_labels, generate_sphere_dataset
-from datamodules.ugscnn_mesh import geographic_latlon, geographic_xyz, ugscnn_icosphere
+import datamodules.climate_sphere.cache as sphere_cache
+from datamodules.climate_sphere.datamodule import ClimateSphereDataModule
+from datamodules.climate_sphere.files import CHANNELS, read_sample, sphere_to_ico, split_list
+from datamodules.climate_sphere.mesh import geographic_latlon, geographic_xyz, ugscnn_icosphere
+from datamodules.climate_sphere.synthetic import analytic_fields, analytic_labels, generate_sphere_dataset
+from icolightning.errors import DataFileError
 from icolightning.grid import IcoGrid
 
 SMOOTH = [c for c in range(len(CHANNELS)) if CHANNELS[c] != "PS"]
@@ -92,7 +93,7 @@ def _copy_with(synthetic, tmp_path, transform) -> None:
 def test_file_with_shuffled_vertices_is_refused(synthetic, tmp_path):
     order = np.random.default_rng(1).permutation(10242)
     _copy_with(synthetic, tmp_path, lambda data: data[:, order])
-    with pytest.raises(SphereFileError, match=r"data-SYNTHETIC-00000-mesh\.npz.*vertex order check failed.*Z200"):
+    with pytest.raises(DataFileError, match=r"data-SYNTHETIC-00000-mesh\.npz.*vertex order check failed.*Z200"):
         _module(tmp_path / "data", tmp_path / "cache").prepare_data()
 
 
@@ -101,7 +102,7 @@ def test_shifted_or_flipped_file_is_refused(synthetic, tmp_path, shift):
     lat, lon = geographic_latlon(ugscnn_icosphere(5)[0]).T
     moved = (lat, lon + 180.0) if shift == "longitude+180" else (-lat, lon)
     _copy_with(synthetic, tmp_path, lambda data: analytic_fields(*moved, 0).astype(np.float32))
-    with pytest.raises(SphereFileError, match=r"00000-mesh\.npz.*not low over high terrain"):
+    with pytest.raises(DataFileError, match=r"00000-mesh\.npz.*not low over high terrain"):
         _module(tmp_path / "data", tmp_path / "cache").prepare_data()
 
 
@@ -161,9 +162,9 @@ def test_cache_is_keyed_by_the_files(synthetic, tmp_path):
 def test_malformed_file_and_missing_list_are_named(synthetic, tmp_path):
     shutil.copytree(synthetic, tmp_path / "data")
     (tmp_path / "data" / "test_split.txt").unlink()
-    with pytest.raises(SphereFileError, match=r"test_split\.txt"):
+    with pytest.raises(DataFileError, match=r"test_split\.txt"):
         _module(tmp_path / "data", tmp_path / "cache").prepare_data()
     first = split_list(tmp_path / "data", "train")[0]
     np.savez(first, data=np.zeros((16, 642), np.float32), labels=np.zeros((3, 642), np.float32))
-    with pytest.raises(SphereFileError, match=r"00000-mesh\.npz: 'data' is \(16, 642\)"):
+    with pytest.raises(DataFileError, match=r"00000-mesh\.npz: 'data' is \(16, 642\)"):
         _module(tmp_path / "data", tmp_path / "cache2").prepare_data()

@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf, open_dict, read_write
 
+from icolightning.config import CONFIG_DIR, instantiate_list, instantiate_module
 from icolightning.errors import UsageError
+from icolightning.jobs.common import refuse_multirun_ddp
 from icolightning.lightning import ClassificationModule, IcoTask, SegmentationModule
-from icolightning.lightning.config import instantiate_list, instantiate_module
-from icolightning.lightning.run import CONFIG_DIR, refuse_multirun_ddp
 
 CONF = Path(CONFIG_DIR)
 

@@ -8,10 +8,10 @@ import pytest
 import xarray as xr
 from scipy.spatial import cKDTree
 
-from datamodules.cache import PreprocessConfig, ensure_cache
+from datamodules.cache.entries import PreprocessConfig, ensure_cache
+from datamodules.climatenet.synthetic import generate_dataset
+from datamodules.io.convert import regrid_netcdf
 from datamodules.regrid import class_fractions, ico_to_latlon, latlon_to_ico, regrid_matrix
-from datamodules.regrid_netcdf import regrid_netcdf
-from datamodules.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 
 

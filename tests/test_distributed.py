@@ -13,9 +13,9 @@ import pytest
 import torch
 from cli_runs import compose_config, run_cli
 
-from icolightning.event_metrics import EVENT_COUNTS
-from icolightning.lightning.inference import predict
-from icolightning.lightning.run import evaluate
+from icolightning.jobs.evaluate import evaluate
+from icolightning.jobs.predict import predict
+from icolightning.metrics.events import EVENT_COUNTS
 
 TEST_FILES = 15
 # debug=tiny's data, with 15 test files; eval.yaml has no debug group, so it gets them spelt out.

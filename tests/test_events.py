@@ -15,13 +15,19 @@ import torch.multiprocessing as mp
 import xarray as xr
 from cli_runs import free_port
 
+from datamodules.climatenet.synthetic import generate_dataset
+from datamodules.io.convert import regrid_netcdf
 from datamodules.regrid import latlon_to_ico
-from datamodules.regrid_netcdf import regrid_netcdf
-from datamodules.synthetic import generate_dataset
 from icolightning.cli.events import main as events_main
-from icolightning.event_metrics import EventDetection
-from icolightning.events import EARTH_RADIUS_KM, detection_counts, find_events, great_circle_km, summarize_tracks
+from icolightning.events.tracking import (
+    EARTH_RADIUS_KM,
+    detection_counts,
+    find_events,
+    great_circle_km,
+    summarize_tracks,
+)
 from icolightning.grid import IcoGrid
+from icolightning.metrics.events import EventDetection
 
 LEVEL = 5
 R = EARTH_RADIUS_KM

@@ -28,7 +28,7 @@ def test_script_parses():
 
 
 def test_equivariance_check_on_cpu():
-    result = _gpu_check().check_equivariance(torch.device("cpu"), level=2)
+    result = _gpu_check().equivariance_report(torch.device("cpu"), level=2)
     assert result["ok"] and result["rotations"] == 60 and 0 < result["max_relative_error"] < 1e-5
 
 

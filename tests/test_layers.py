@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from equivariance import corner_invariant, max_equivariance_error, rotate, signal_fn
 from torch import nn
 
 from icolightning.grid import HEX_OFFSETS, IcoGrid
 from icolightning.nn import IcoConv, IcoSignal
+from icolightning.nn.equivariance import corner_invariant, max_equivariance_error, rotate, signal_fn
 from icolightning.nn.norm import IcoBatchNorm, IcoDropout, IcoLayerNorm, IcoPointwise
 from icolightning.nn.pooling import HexPool, IcoUpsample, OrientationPool
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import ClimateDataModule
-from datamodules.synthetic import generate_dataset
+from datamodules.climatenet.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
 from icolightning.lightning import ClassificationModule, SegmentationModule, load_module
 from icolightning.lightning.base import strip_compile_prefix

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from cli_runs import free_port
 from sklearn.metrics import average_precision_score, confusion_matrix
 
-from icolightning.metrics import ClimateMetrics
+from icolightning.metrics.segmentation import ClimateMetrics
 
 
 def _fake_batches(seed: int = 0, batches: int = 5, batch: int = 3, n: int = 162, k: int = 3):

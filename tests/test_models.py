@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from equivariance import max_equivariance_error, rotate
 
 from icolightning.grid import IcoGrid
 from icolightning.models import IcoClassifier, IcoUNet
+from icolightning.nn.equivariance import max_equivariance_error, rotate
 
 TOL = 1e-10
 

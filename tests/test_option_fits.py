@@ -14,8 +14,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from datamodules.synthetic import generate_dataset
-from icolightning.lightning.run import CONFIG_DIR, train
+from datamodules.climatenet.synthetic import generate_dataset
+from icolightning.config import CONFIG_DIR
+from icolightning.jobs.train import train
 
 CONF = Path(CONFIG_DIR)
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",

@@ -9,8 +9,8 @@ import pickle
 
 import torch
 
-from icolightning.baselines import PlanarCNN
 from icolightning.grid import IcoGrid
+from icolightning.models.baselines import PlanarCNN
 
 
 def test_icogrid_pickles_and_copies_as_its_level():

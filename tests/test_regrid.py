@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from datamodules.cache import CACHE_VERSION, REGRID_FINGERPRINTS
+from datamodules.cache.entries import CACHE_VERSION, REGRID_FINGERPRINTS
 from datamodules.regrid import (
     clear_matrix_cache,
     ico_to_latlon,
     latlon_to_ico,
     latlon_xyz,
-    level_of,
     regrid_fingerprint,
     regrid_matrix,
 )
-from icolightning.grid import IcoGrid
+from icolightning.grid import IcoGrid, level_of
 
 
 def smooth_field(xyz: np.ndarray) -> np.ndarray:
@@ -319,9 +318,9 @@ def test_cache_version_follows_the_regridding() -> None:
 
 
 def test_the_fingerprint_sees_a_change_of_the_weights(monkeypatch) -> None:
-    import datamodules.regrid as regrid
+    import datamodules.regrid.remap as regrid
 
-    original = regrid._bilinear_to_points
+    original = regrid.bilinear_matrix
 
     def skewed(grid, tlat, tlon):
         matrix = original(grid, tlat, tlon)
@@ -329,7 +328,7 @@ def test_the_fingerprint_sees_a_change_of_the_weights(monkeypatch) -> None:
         return regrid.RegridMatrix(matrix.indptr, matrix.indices, weights, matrix.num_sources, False)
 
     clear_matrix_cache()
-    monkeypatch.setattr(regrid, "_bilinear_to_points", skewed)
+    monkeypatch.setattr(regrid, "bilinear_matrix", skewed)
     try:
         assert regrid_fingerprint() != REGRID_FINGERPRINTS[CACHE_VERSION]
     finally:

@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from icolightning.lightning.run import CONFIG_DIR, train
+from icolightning.config import CONFIG_DIR
+from icolightning.jobs.train import train
 
 SCRIPT = Path(CONFIG_DIR).parent / "scripts" / "results_table.py"
 

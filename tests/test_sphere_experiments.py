@@ -11,8 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from datamodules.synthetic_sphere import generate_sphere_dataset
-from icolightning.lightning.run import CONFIG_DIR, train
+from datamodules.climate_sphere.synthetic import generate_sphere_dataset
+from icolightning.config import CONFIG_DIR
+from icolightning.jobs.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("sphere_l5_*.yaml")
                      if p.stem != "sphere_l5_common")

@@ -11,8 +11,8 @@ import torch
 import xarray as xr
 from checkpoints import stats
 
-from datamodules.predict import PredictionSource, PredictionWriter
-from datamodules.regrid_netcdf import regrid_netcdf
+from datamodules.io.convert import regrid_netcdf
+from datamodules.io.prediction import PredictionSource, PredictionWriter
 
 LEVEL = 4  # 2 562 vertices: a whole file's vertex output (64 x 4 x 2 562 floats) dwarfs one step's work
 

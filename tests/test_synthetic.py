@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from datamodules.synthetic import VARIABLES, generate_dataset, grid_coords, make_sample
+from datamodules.climatenet.synthetic import VARIABLES, generate_dataset, grid_coords, make_sample
 from icolightning.cli.make_synthetic import main as make_synthetic_main
 
 NAME = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_0\.nc$")

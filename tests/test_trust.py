@@ -8,10 +8,11 @@ from checkpoints import unet_net, write_checkpoint
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
+from icolightning.config import CONFIG_DIR
 from icolightning.errors import UntrustedCheckpointError
+from icolightning.jobs.evaluate import evaluate
+from icolightning.jobs.predict import predict
 from icolightning.lightning import SegmentationModule, load_module
-from icolightning.lightning.inference import predict
-from icolightning.lightning.run import CONFIG_DIR, evaluate
 
 
 def _numpy_save(path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.ugscnn_mesh import CHECKSUMS, geographic_latlon, ugscnn_icosphere, vertex_checksum
+from datamodules.climate_sphere.mesh import CHECKSUMS, geographic_latlon, ugscnn_icosphere, vertex_checksum
 
 
 @pytest.mark.parametrize("upward", [True, False])

@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from icolightning.config_tree import CONFIG_DIR
+from icolightning.config import CONFIG_DIR
 from icolightning.errors import DataError, UsageError
 
 FULL_ERROR = "HYDRA_FULL_ERROR"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
 
-main = hydra_entry("eval", "icolightning.lightning.run:evaluate", __name__)
+main = hydra_entry("eval", "icolightning.jobs.evaluate:evaluate", __name__)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """`icolightning-events INPUT... --output DIR [--truth TRUTH...]`: event catalogue, tracks,
 frequency maps, histograms and (with --truth) event-level detection scores.
 
-Inputs are label files (lat-lon or icosahedral netCDF, see `icolightning.event_io`), folders of
+Inputs are label files (lat-lon or icosahedral netCDF, see `icolightning.events.files`), folders of
 them or glob patterns, taken in name order as one time series; tracks continue across files.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = {1: "TC", 2: "AR"}
+from icolightning.classes import CLASSES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def expand(patterns: Sequence[str], parser: argparse.ArgumentParser, option: str) -> list[Path]:
     """Files named by paths, folders (their *.nc/*.nc4) and glob patterns, in that order."""
-    from datamodules.netcdf_io import list_netcdf
+    from datamodules.io.netcdf import list_netcdf
 
     files: list[Path] = []
     for pattern in patterns:
@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     if truth is not None and len(truth) != len(inputs):
         parser.error(f"--truth names {len(truth)} files but INPUT {len(inputs)}; they are paired in order")
 
-    from datamodules.netcdf_io import DataFileError
-    from icolightning.event_catalogue import EventRun
+    from icolightning.errors import DataFileError
+    from icolightning.jobs.events import EventRun
 
     try:
-        run = EventRun(args.level, CLASSES, progress=not args.quiet)
+        run = EventRun(args.level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet)
         summary = run.process(inputs, args.variable, truth, args.truth_variable)
         written = run.write(Path(args.output), plots=not args.no_plots)
     except (DataFileError, OSError) as exc:

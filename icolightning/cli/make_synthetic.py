@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.train < 0 or args.test < 0:
         parser.error("--train and --test must be >= 0")
-    from datamodules.synthetic import generate_dataset
+    from datamodules.climatenet.synthetic import generate_dataset
 
     try:
         paths = generate_dataset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
 
-main = hydra_entry("predict", "icolightning.lightning.inference:predict", __name__)
+main = hydra_entry("predict", "icolightning.jobs.predict:predict", __name__)
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from datamodules.netcdf_io import DataFileError
 from datamodules.regrid import LABEL_METHODS, METHODS
+from icolightning.errors import DataFileError
 from icolightning.grid import MAX_LEVEL
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.level <= MAX_LEVEL:
         parser.error(f"--level must be in 0..{MAX_LEVEL}, got {args.level}")
-    from datamodules.regrid_netcdf import regrid_netcdf
+    from datamodules.io.convert import regrid_netcdf
 
     try:
         out = regrid_netcdf(args.input, args.output, args.level, args.variables, args.method, not args.quiet,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from icolightning.cli.entry import hydra_entry
 
-main = hydra_entry("train", "icolightning.lightning.run:train", __name__)
+main = hydra_entry("train", "icolightning.jobs.train:train", __name__)
 
 if __name__ == "__main__":
     main()

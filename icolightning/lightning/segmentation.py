@@ -10,10 +10,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from icolightning.event_metrics import EventDetection
+from icolightning.classes import CLIMATE_CLASSES, EVENT_CLASSES
 from icolightning.lightning.base import IcoTask
 from icolightning.lightning.losses import LOSSES, SplitLoss, inverse_frequency_weights, segmentation_loss
-from icolightning.metrics import CLIMATE_CLASSES, EVENT_CLASSES, ClimateMetrics
+from icolightning.metrics.events import EventDetection
+from icolightning.metrics.segmentation import ClimateMetrics
 
 
 class SegmentationModule(IcoTask):

@@ -22,7 +22,7 @@ from icolightning.errors import UntrustedCheckpointError
 
 _SCHEDULERS = (optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau)
 ALLOWED_TARGETS: tuple[tuple[tuple[str, ...], tuple[type, ...]], ...] = (
-    (("icolightning.models", "icolightning.baselines", "icolightning.nn"), (nn.Module,)),
+    (("icolightning.models", "icolightning.models.baselines", "icolightning.nn"), (nn.Module,)),
     (("torch.optim",), (optim.Optimizer, *_SCHEDULERS)),
 )
 """(packages, base classes): a `_target_` must be a subclass of one of the bases defined in one of the packages."""
@@ -79,12 +79,11 @@ def check_target(target: Any, path: str | Path) -> None:
         "and torch.optim optimisers and LR schedulers (see README, Trust)")
 
 
-def check_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> str:
-    """Check the task class and every `_target_` of a loaded checkpoint; returns the task class name."""
-    from icolightning.lightning.base import IcoTask
-
+def check_checkpoint(checkpoint: dict[str, Any], path: str | Path, task_base: type) -> str:
+    """Check the task class (a subclass of `task_base` in this project's task package) and every
+    `_target_` of a loaded checkpoint; returns the task class name."""
     name = checkpoint.get("icolightning_module", f"{TASK_PACKAGE}.SegmentationModule")
-    if not isinstance(name, str) or not _allowed_class(name, (TASK_PACKAGE,), (IcoTask,)):
+    if not isinstance(name, str) or not _allowed_class(name, (TASK_PACKAGE,), (task_base,)):
         raise UntrustedCheckpointError(
             path, f"refusing to load the module class {name!r}: only the tasks of {TASK_PACKAGE} are allowed")
     for target in _targets(checkpoint.get("hyper_parameters") or {}):

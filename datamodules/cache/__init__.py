@@ -1,0 +1,1 @@
+"""The on-disk caches of preprocessed (regridded, memory-mappable) data."""
