@@ -28,6 +28,7 @@ ARGPARSE_TOOLS = {"icolightning-regrid": "regrid", "icolightning-events": "event
                   "icolightning-make-synthetic": "make_synthetic"}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 DOTTED = re.compile(r"\b(?:icolightning|datamodules)(?:\.[A-Za-z_]\w*)+")
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:icolightning|datamodules|conf|scripts|tests|docs)/[\w./-]*\w)")
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -90,6 +91,16 @@ def test_readme_links_every_docs_page():
     linked = {Path(t.partition("#")[0]).name for t in relative_links(README)}
     pages = {p.name for p in DOCS.glob("*.md")} - {"mnist_results.md"}
     assert pages | PARALLEL_PAGES <= linked
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_repository_path_named_exists(page):
+    for path in set(REPO_PATH.findall(page.read_text())):
+        if Path(path).parent == Path("docs") and Path(path).name in PARALLEL_PAGES:
+            continue
+        assert (ROOT / path).exists(), f"{page.name} names {path}, which does not exist"
+    for name in set(re.findall(r"\btest_\w+\.py\b", page.read_text())):
+        assert (ROOT / "tests" / name).exists(), f"{page.name} names tests/{name}, which does not exist"
 
 
 def test_every_path_in_the_code_map_exists():
