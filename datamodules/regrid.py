@@ -356,6 +356,7 @@ _MATRICES: OrderedDict[tuple, RegridMatrix] = OrderedDict()
 def clear_matrix_cache() -> None:
     """Forget all cached matrices (for benchmarks, or to free memory)."""
     _MATRICES.clear()
+    _OVERLAPS.clear()
 
 
 def _digest(array: np.ndarray | None) -> str:
@@ -364,32 +365,40 @@ def _digest(array: np.ndarray | None) -> str:
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float64).tobytes()).hexdigest()
 
 
-def _conservative_to_ico(
-    grid: LatLonGrid, ico: IcoGrid, lat_bounds: np.ndarray | None, lon_bounds: np.ndarray | None
-) -> RegridMatrix:
-    """Each vertex: the area-weighted mean of the source cells over its Voronoi cell."""
+_OVERLAPS: OrderedDict[tuple, scipy.sparse.coo_matrix] = OrderedDict()
+_OVERLAP_CACHE_SIZE = 2
+"""The last exact overlap matrices, so that both directions of one grid pair build them once."""
+
+
+def _conservative_overlaps(
+    grid: LatLonGrid, ico: IcoGrid, lat_bounds: np.ndarray | None, lon_bounds: np.ndarray | None, key: tuple
+) -> scipy.sparse.coo_matrix:
+    """[N, num_points] exact overlap areas of Voronoi cells and source cells (steradians)."""
     from datamodules.conservative import overlaps, source_cells
 
-    coo = overlaps(grid, ico.xyz, ico.areas, source_cells(grid, lat_bounds, lon_bounds))
-    covered = np.bincount(coo.row, coo.data, minlength=ico.num_vertices)
+    if key not in _OVERLAPS:
+        _OVERLAPS[key] = overlaps(grid, ico, source_cells(grid, lat_bounds, lon_bounds))
+        while len(_OVERLAPS) > _OVERLAP_CACHE_SIZE:
+            _OVERLAPS.popitem(last=False)
+    return _OVERLAPS[key]
+
+
+def _conservative_to_ico(overlap: scipy.sparse.coo_matrix) -> RegridMatrix:
+    """Each vertex: the area-weighted mean of the source cells over (the covered part of) its
+    Voronoi cell; vertices the grid does not reach have no weights (NaN)."""
+    covered = np.bincount(overlap.row, overlap.data, minlength=overlap.shape[0])
     with np.errstate(invalid="ignore", divide="ignore"):
-        weights = coo.data / covered[coo.row]
-    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
+        weights = overlap.data / covered[overlap.row]
+    return matrix_from_triplets([overlap.row], [overlap.col], [weights], overlap.shape)
 
 
-def _transposed_conservative(forward: RegridMatrix, areas: np.ndarray) -> RegridMatrix:
-    """Each source cell: the area-weighted mean of the vertices' Voronoi cells over it.
-
-    The forward rows are overlap / covered area; covered area is the full Voronoi area on a global
-    grid (the proportional fitting makes it so), so overlap = weight * area there."""
-    csr = forward.to_scipy()
-    covered = np.diff(forward.indptr) > 0
-    overlap = scipy.sparse.diags(np.where(covered, areas, 0.0)) @ csr
-    col_sums = np.asarray(overlap.sum(axis=0)).ravel()
-    coo = overlap.T.tocoo()
+def _transposed_conservative(overlap: scipy.sparse.coo_matrix) -> RegridMatrix:
+    """Each source cell: the area-weighted mean of the vertices' Voronoi cells over it (the same
+    overlaps transposed; the Voronoi cells tile the sphere, so a column sums to the cell area)."""
+    col_sums = np.bincount(overlap.col, overlap.data, minlength=overlap.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
-        weights = coo.data / col_sums[coo.row]
-    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
+        weights = overlap.data / col_sums[overlap.col]
+    return matrix_from_triplets([overlap.col], [overlap.row], [weights], overlap.shape[::-1])
 
 
 def regrid_matrix(
@@ -416,11 +425,8 @@ def regrid_matrix(
     grid = LatLonGrid.from_coords(lat, lon)
     ico = IcoGrid(int(level))
     if method == "conservative":
-        if to_ico:
-            matrix = _conservative_to_ico(grid, ico, lat_bounds, lon_bounds)
-        else:
-            forward = regrid_matrix(lat, lon, level, method, True, lat_bounds, lon_bounds)
-            matrix = _transposed_conservative(forward, ico.areas)
+        overlap = _conservative_overlaps(grid, ico, lat_bounds, lon_bounds, key[1:])
+        matrix = _conservative_to_ico(overlap) if to_ico else _transposed_conservative(overlap)
     elif to_ico:
         tlat, tlon = ico.latlon.T
         if method == "bilinear":
