@@ -1,7 +1,7 @@
 """Exact overlap areas (datamodules.spherical_overlap) against independent references.
 
 1. S2 (the `spherely` bindings): intersection areas of each Voronoi polygon with each lat-lon cell.
-   S2 edges are geodesics, so the cells' parallels are densified (256 chords per edge); the
+   S2 edges are geodesics, so the cells' parallels are densified (a chord per 0.05°, at least 256); the
    reference's own error is measured in each test (S2 area of a densified cell against the exact
    band area) and is ~1e-8 sr on these coarse cells, far below the 1e-5 required of per-vertex values.
 2. Quadrature of the clipped great-circle integral.
@@ -37,8 +37,8 @@ def _s2_reference(lat_bounds: np.ndarray, lon_bounds: np.ndarray, level: int) ->
         return spherely.create_polygon(list(zip(np.degrees(np.arctan2(centres[:, 1], centres[:, 0])),
                                                 np.degrees(np.arcsin(centres[:, 2])), strict=True)))
 
-    def cell(lat0: float, lat1: float, lon0: float, lon1: float, chords: int = 256):
-        t = np.linspace(0.0, 1.0, chords + 1)
+    def cell(lat0: float, lat1: float, lon0: float, lon1: float):
+        t = np.linspace(0.0, 1.0, max(256, int(20 * (lon1 - lon0))) + 1)  # a chord per 0.05 degrees
         south = [(lon0, -90.0)] if lat0 <= -90 else [(lon0 + (lon1 - lon0) * u, lat0) for u in t]
         north = [(lon0, 90.0)] if lat1 >= 90 else [(lon1 - (lon1 - lon0) * u, lat1) for u in t]
         return spherely.create_polygon(south + north)
@@ -69,6 +69,10 @@ REFERENCE_CASES = {
                                    np.stack([np.arange(-180, 180, 20.0) + 20, np.arange(-180, 180, 20.0)], 1), 1),
     "level0": (np.stack([np.arange(-90, 90, 18.0), np.arange(-72, 108, 18.0)], 1),
                np.stack([np.arange(0, 360, 30.0), np.arange(30, 390, 30.0)], 1), 0),
+    # the north cell's edges run between longitudes 36 + 72k at latitude 52.6 and bulge to 58.3 at
+    # 72k: with one column per edge the parallel at 56 crosses each edge twice, between its ends
+    "level0_bulging_arcs": (np.array([[-90, -56], [-56, 0], [0, 56], [56, 90.0]]),
+                            np.stack([36 + 72.0 * np.arange(5), 108 + 72.0 * np.arange(5)], 1), 0),
     "gaussian_level2": (_gaussian_bounds(12)[1],
                         np.stack([np.arange(12) * 30.0 - 7, np.arange(1, 13) * 30.0 - 7], 1), 2),
     "regional_level3": (np.stack([np.arange(10, 70, 6.0), np.arange(16, 76, 6.0)], 1),
