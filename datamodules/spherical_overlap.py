@@ -188,7 +188,8 @@ def clipped_integral(
     n3 = normal[:, None, :]
     zm = _z_on_circle(n3, 0.5 * (p + q))
     lo, hi = z_lo[:, None], z_hi[:, None]
-    inner = -(_antiderivative(n3, q) - _antiderivative(n3, p)) - lo * (q - p)
+    g = _antiderivative(n3, cuts)
+    inner = -(g[:, 1:] - g[:, :-1]) - lo * (q - p)
     pieces = np.where(zm >= hi, (hi - lo) * (q - p), np.where(zm <= lo, 0.0, inner))
     return np.where(q > p, pieces, 0.0).sum(axis=1)
 
