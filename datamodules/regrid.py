@@ -508,8 +508,11 @@ def latlon_to_ico(
     """Regrid [..., nlat, nlon] on the given lat-lon grid to [..., N] icosahedral vertices.
 
     bilinear and conservative return floats (float32 stays float32); conservative is the
-    area-weighted mean over each vertex's Voronoi cell (`IcoGrid.areas`), cells from the CF
-    bounds when given, else midway between centres; it preserves the global integral.
+    area-weighted mean over each vertex's Voronoi cell (`IcoGrid.areas`) from exact overlap
+    areas, cells from the CF bounds when given, else midway between centres; it preserves the
+    global integral. On a regional grid a vertex is the mean over the part of its Voronoi cell
+    that the grid covers (NaN where it covers none), so sum(covered area x value) is the grid's
+    integral.
     nearest keeps the dtype, so labels stay integers; majority (integer labels) takes the class
     covering the largest share of the Voronoi cell (see `class_fractions`). Targets outside a
     regional grid are NaN (an error for integer values). With skipna, NaN sources are skipped and
