@@ -401,6 +401,21 @@ def _transposed_conservative(overlap: scipy.sparse.coo_matrix) -> RegridMatrix:
     return matrix_from_triplets([overlap.col], [overlap.row], [weights], overlap.shape[::-1])
 
 
+def _repeat_cyclic(matrix: RegridMatrix, grid: LatLonGrid) -> RegridMatrix:
+    """Targets in a repeated longitude column (e.g. 360 next to 0) copy the rows of the column
+    they repeat: only the first of equal longitudes is a source cell, the others get no overlap."""
+    wrapped = np.mod(grid.lon, 360.0)
+    wrapped[wrapped >= 360.0 - _LON_TOL] = 0.0
+    _, first, inverse = np.unique(np.round(wrapped, 9), return_index=True, return_inverse=True)
+    same = first[inverse]
+    if np.array_equal(same, np.arange(grid.lon.size)):
+        return matrix
+    source = (np.arange(grid.lat.size)[:, None] * grid.lon.size + same[None, :]).reshape(-1)
+    csr = matrix.to_scipy()[source]
+    return RegridMatrix(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data, matrix.num_sources,
+                        False)
+
+
 def regrid_matrix(
     lat: np.ndarray,
     lon: np.ndarray,
@@ -426,7 +441,7 @@ def regrid_matrix(
     ico = IcoGrid(int(level))
     if method == "conservative":
         overlap = _conservative_overlaps(grid, ico, lat_bounds, lon_bounds, key[1:])
-        matrix = _conservative_to_ico(overlap) if to_ico else _transposed_conservative(overlap)
+        matrix = _conservative_to_ico(overlap) if to_ico else _repeat_cyclic(_transposed_conservative(overlap), grid)
     elif to_ico:
         tlat, tlon = ico.latlon.T
         if method == "bilinear":

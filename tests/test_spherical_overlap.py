@@ -256,3 +256,16 @@ def test_regional_grid_every_coarse_level(level) -> None:
     assert matrix.covered.any() and matrix.weights.min() > 0
     out = latlon_to_ico(np.full((lat.size, lon.size), 2.0), lat, lon, level, "conservative")
     np.testing.assert_allclose(out[matrix.covered], 2.0, rtol=1e-12)
+
+
+def test_a_repeated_cyclic_column_is_one_cell_and_is_filled_back() -> None:
+    lat, lon = np.arange(-87.5, 90, 5.0), np.arange(0, 361, 5.0)  # 360 repeats 0
+    field = np.random.default_rng(6).random((lat.size, lon.size))
+    field[:, -1] = field[:, 0]
+    vertices = latlon_to_ico(field, lat, lon, 3, "conservative")
+    np.testing.assert_array_equal(vertices, latlon_to_ico(field[:, :-1], lat, lon[:-1], 3, "conservative"))
+    back = ico_to_latlon(vertices, lat, lon, "conservative")
+    np.testing.assert_array_equal(back[:, -1], back[:, 0])
+    np.testing.assert_array_equal(back[:, :-1], ico_to_latlon(vertices, lat, lon[:-1], "conservative"))
+    labels = (field > 0.5).astype(np.int8)
+    assert ico_to_latlon(latlon_to_ico(labels, lat, lon, 3, "majority"), lat, lon, "majority").dtype == np.int8
