@@ -48,7 +48,7 @@ def installed(tmp_path_factory) -> Path:
     wheel = next((root / "dist").glob("icolightning-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("icolightning/conf/train.yaml", "icolightning/conf/trainer/default.yaml",
-                   "icolightning/conf/experiment/climatenet_unet16.yaml", "datamodules/climate.py",
+                   "icolightning/conf/experiment/climatenet_unet16.yaml", "datamodules/climatenet/datamodule.py",
                    "icolightning/cli/entry.py"):
         assert needed in names, needed
     venv = root / "venv"

@@ -37,10 +37,11 @@ from icolightning.classes import NUM_CLASSES
 from icolightning.errors import DataError, DataFileError
 from icolightning.grid import IcoGrid
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 REGRID_FINGERPRINTS: dict[int, str] = {
     2: "ac2e219bcffeed50",
     3: "9107f1fcd69424ef",
+    4: "c5d6f7e1fdcb0d00",
 }
 """`datamodules.regrid.regrid_fingerprint()` of the regridding each CACHE_VERSION was made with.
 

@@ -320,7 +320,7 @@ def write_sample(
     lat, lon = grid_coords(nlat, nlon)
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
         ds.title = "Synthetic ClimateNet-layout data (not real model output)"
-        ds.source = "icolightning synthetic generator (datamodules/synthetic.py), not climate model output"
+        ds.source = "icolightning synthetic generator (datamodules/climatenet/synthetic.py), not climate model output"
         ds.synthetic = "true"
         ds.Conventions = "CF-1.7"
         ds.institution = "icolightning"

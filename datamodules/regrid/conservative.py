@@ -1,21 +1,12 @@
 """Overlap areas between lat-lon cells and the icosahedral vertices' spherical Voronoi cells.
 
 `overlaps(...)[v, s]` is the area (steradians) of source cell s inside vertex v's Voronoi cell,
-the ingredient of first-order conservative remapping in both directions. Exact polygon clipping
-of lat-lon cells (bounded by parallels, which are not great circles) against Voronoi polygons is
-costly; instead each overlap is estimated and then made exact where it matters:
-
-1. A cell whose four corners have the same nearest vertex lies inside that vertex's cell (cells
-   much smaller than a Voronoi cell; larger cells are always treated as mixed).
-2. A mixed cell is split into s x s equal-area sub-cells (uniform in sin(latitude) and in
-   longitude); each sub-cell's area goes to the Voronoi cell of its centre (nearest vertex).
-3. The estimates already give every column its exact cell area; area is then moved between the
-   vertices sharing a cell (one sparse linear solve, see `_fit_rows`) until row v sums to
-   `IcoGrid.areas[v]` as well. Then for any field x,
-   sum_v area_v * mean_v = sum_s area_s * x_s to round-off: the global integral is preserved.
-
-Only global grids (periodic in longitude, cells reaching both poles) get the row fit; on a
-regional grid a vertex is the mean over the part of its cell that the grid covers.
+the ingredient of first-order conservative remapping in both directions. The areas are exact to
+round-off (`datamodules.regrid.spherical_overlap`: Green's theorem in (longitude, sin latitude), closed
+form along the Voronoi cells' great-circle edges and the cells' parallels), so every row sums to
+the vertex's Voronoi area (`IcoGrid.areas`; on a regional grid, the part of it the grid covers)
+and every column to the cell's area, with no sampling, fitting or iteration. This module decides
+what the cells are (CF bounds, or midway between centres) and maps them to the caller's order.
 """
 
 from __future__ import annotations
@@ -24,25 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
-from scipy.spatial import cKDTree
 
 from datamodules.regrid.latlon_grid import LatLonGrid
-
-_MIN_SUBDIVISION = 3
-_REFINE = 8
-"""Sub-cells are at most 1/_REFINE of the vertex spacing across."""
-_MAX_SUBDIVISION = 64
-_PURE_FRACTION = 0.5
-"""Cells wider than this share of the vertex spacing are always sub-sampled."""
-_CHUNK_POINTS = 1 << 21
-_FIT_TOLERANCE = 1e-12
-_FIT_ITERATIONS = 5
-
-
-def _unit_vectors(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
-    phi, lam = np.deg2rad(lat_deg), np.deg2rad(lon_deg)
-    cos_phi = np.cos(phi)
-    return np.stack([cos_phi * np.cos(lam), cos_phi * np.sin(lam), np.sin(phi)], axis=-1)
+from datamodules.regrid.spherical_overlap import overlap_matrix
+from icolightning.grid import IcoGrid
 
 
 @dataclass(frozen=True)
@@ -109,109 +85,11 @@ def source_cells(
     return SourceCells(lat_lo, lat_hi, lon_lo, lon_hi, is_global)
 
 
-def _row_widths(cells: SourceCells) -> np.ndarray:
-    """[nlat] largest angular extent (radians) of the cells of each row."""
-    lo, hi = np.deg2rad(cells.lat_lo), np.deg2rad(cells.lat_hi)
-    widest_parallel = np.where((lo < 0) & (hi > 0), 1.0, np.maximum(np.cos(lo), np.cos(hi)))
-    return np.maximum(hi - lo, np.deg2rad((cells.lon_hi - cells.lon_lo).max()) * widest_parallel)
-
-
-def _corner_owners(cells: SourceCells, tree: cKDTree) -> np.ndarray:
-    """[nlat, nlon, 4] nearest vertex of every cell corner (corners shared between cells are
-    looked up once)."""
-    lat_edges = np.unique(np.concatenate([cells.lat_lo, cells.lat_hi]))
-    lon_edges = np.unique(np.concatenate([cells.lon_lo, cells.lon_hi]))
-    lat_grid, lon_grid = np.meshgrid(lat_edges, lon_edges, indexing="ij")
-    owner = tree.query(_unit_vectors(lat_grid, lon_grid).reshape(-1, 3), workers=-1)[1].reshape(lat_grid.shape)
-    rows = [np.searchsorted(lat_edges, cells.lat_lo), np.searchsorted(lat_edges, cells.lat_hi)]
-    cols = [np.searchsorted(lon_edges, cells.lon_lo), np.searchsorted(lon_edges, cells.lon_hi)]
-    return np.stack([owner[np.ix_(r, c)] for r in rows for c in cols], axis=-1)
-
-
-def _subsample(
-    cells: SourceCells, rows: np.ndarray, cols: np.ndarray, s: int, tree: cKDTree
-) -> tuple[np.ndarray, np.ndarray]:
-    """(position in rows/cols, nearest vertex) of the centre of each of the s x s equal-area
-    sub-cells of the given cells."""
-    u = (np.arange(s) + 0.5) / s
-    z_lo, z_hi = np.sin(np.deg2rad(cells.lat_lo[rows])), np.sin(np.deg2rad(cells.lat_hi[rows]))
-    lat = np.rad2deg(np.arcsin(np.clip(z_lo[:, None] + u * (z_hi - z_lo)[:, None], -1.0, 1.0)))
-    lon = cells.lon_lo[cols][:, None] + u * (cells.lon_hi - cells.lon_lo)[cols][:, None]
-    xyz = _unit_vectors(np.repeat(lat[:, :, None], s, axis=2), np.repeat(lon[:, None, :], s, axis=1))
-    owner = tree.query(xyz.reshape(-1, 3), workers=-1)[1]
-    return np.repeat(np.arange(rows.size), s * s), owner
-
-
-def _estimate(cells: SourceCells, xyz: np.ndarray) -> scipy.sparse.coo_matrix:
-    """Estimated overlaps [N, nlat * nlon] (sorted cell order), columns summing to the cell areas."""
-    nlat, nlon = cells.lat_lo.size, cells.lon_lo.size
-    spacing = np.sqrt(4 * np.pi / len(xyz))
-    tree = cKDTree(xyz)
-    areas = cells.areas().reshape(-1)
-    corners = _corner_owners(cells, tree).reshape(-1, 4)
-    coarse = np.repeat(_row_widths(cells) > _PURE_FRACTION * spacing, nlon)
-    pure = (corners == corners[:, :1]).all(axis=1) & ~coarse
-    vertex, cell, share = [corners[pure, 0]], [np.flatnonzero(pure)], [areas[pure]]
-    mixed = np.flatnonzero(~pure)
-    if mixed.size:
-        widest = _row_widths(cells)[np.unique(mixed // nlon)].max()
-        s = int(np.clip(np.ceil(_REFINE * widest / spacing), _MIN_SUBDIVISION, _MAX_SUBDIVISION))
-        step = max(1, _CHUNK_POINTS // (s * s))
-        for lo in range(0, mixed.size, step):
-            chunk = mixed[lo : lo + step]
-            which, owner = _subsample(cells, chunk // nlon, chunk % nlon, s, tree)
-            vertex.append(owner)
-            cell.append(chunk[which])
-            share.append(areas[chunk[which]] / (s * s))
-    shape = (len(xyz), nlat * nlon)
-    coo = scipy.sparse.coo_matrix((np.concatenate(share), (np.concatenate(vertex), np.concatenate(cell))), shape)
-    coo.sum_duplicates()
-    return coo
-
-
-def _fit_rows(coo: scipy.sparse.coo_matrix, row_sums: np.ndarray, col_sums: np.ndarray) -> np.ndarray:
-    """Entries moved between the vertices that share a cell so that rows sum to `row_sums`, with
-    the columns (already exact) unchanged.
-
-    Entry p_vs becomes p_vs * (1 + phi_v - phibar_s), phibar_s the p-weighted mean of phi over
-    column s: the column sums stay the same for any phi, and the row sums change by M phi with the
-    graph Laplacian M = diag(rows) - P diag(1 / columns) P^T. One sparse solve of M phi = deficit
-    (phi pinned at one vertex; the deficits sum to zero) fits the rows; a repeat mops up round-off.
-    Only cells shared by several vertices take part (a cell inside one Voronoi cell adds 0 to M).
-    """
-    from scipy.sparse.linalg import spsolve
-
-    data = coo.data.copy()
-    n = row_sums.size
-    row_sums = row_sums * (col_sums.sum() / row_sums.sum())  # both are 4 pi; agree to the last bit
-    for _ in range(_FIT_ITERATIONS):
-        p = scipy.sparse.csr_matrix((data, (coo.row, coo.col)), coo.shape)
-        rows = np.asarray(p.sum(axis=1)).ravel()
-        deficit = row_sums - rows
-        if np.abs(deficit / row_sums).max() < _FIT_TOLERANCE:
-            return data
-        laplacian = (scipy.sparse.diags(rows) - p @ scipy.sparse.diags(1.0 / col_sums) @ p.T).tocsc()
-        phi = np.zeros(n)
-        phi[1:] = spsolve(laplacian[1:, 1:], deficit[1:])
-        phibar = (p.T @ phi) / col_sums
-        factor = 1.0 + phi[coo.row] - phibar[coo.col]
-        if factor.min() <= 0:
-            raise RuntimeError("conservative weights: the row fit would make an overlap negative")
-        data = data * factor
-        data *= (col_sums / np.bincount(coo.col, data, minlength=col_sums.size))[coo.col]
-    raise RuntimeError(f"conservative weights did not converge (row error {np.abs(deficit / row_sums).max():.2e})")
-
-
-def overlaps(
-    grid: LatLonGrid, vertex_xyz: np.ndarray, vertex_areas: np.ndarray, cells: SourceCells
-) -> scipy.sparse.coo_matrix:
-    """[N, nlat * nlon] overlap areas, columns in the caller's flattened (row-major) order."""
-    coo = _estimate(cells, vertex_xyz)
-    areas = cells.areas().reshape(-1)
-    if cells.is_global:
-        if np.bincount(coo.row, minlength=len(vertex_xyz)).min() == 0:
-            raise RuntimeError("a Voronoi cell received no sample; the source grid is too coarse")
-        coo.data = _fit_rows(coo, vertex_areas, areas)
+def overlaps(grid: LatLonGrid, ico: IcoGrid, cells: SourceCells) -> scipy.sparse.coo_matrix:
+    """[N, nlat * nlon] exact overlap areas, columns in the caller's flattened (row-major) order."""
+    lat_bounds = np.stack([cells.lat_lo, cells.lat_hi], axis=1)
+    lon_bounds = np.stack([cells.lon_lo, cells.lon_hi], axis=1)
+    coo = overlap_matrix(lat_bounds, lon_bounds, ico).tocoo()
     nlon = cells.lon_lo.size
     columns = grid.flat_index(coo.col // nlon, coo.col % nlon)
-    return scipy.sparse.coo_matrix((coo.data, (coo.row, columns)), (len(vertex_xyz), grid.num_points))
+    return scipy.sparse.coo_matrix((coo.data, (coo.row, columns)), (ico.num_vertices, grid.num_points))

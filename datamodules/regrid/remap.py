@@ -23,7 +23,7 @@ import scipy.sparse
 
 from datamodules.regrid.conservative import overlaps, source_cells
 from datamodules.regrid.interpolation import bilinear_matrix, ico_bilinear_matrix, nearest_matrix
-from datamodules.regrid.latlon_grid import LatLonGrid, latlon_xyz
+from datamodules.regrid.latlon_grid import LON_TOL, LatLonGrid, latlon_xyz
 from datamodules.regrid.matrix import RegridMatrix, matrix_from_triplets
 from icolightning.grid import IcoGrid, level_of
 
@@ -41,6 +41,7 @@ _MATRICES: OrderedDict[tuple, RegridMatrix] = OrderedDict()
 def clear_matrix_cache() -> None:
     """Forget all cached matrices (for benchmarks, or to free memory)."""
     _MATRICES.clear()
+    _OVERLAPS.clear()
 
 
 def _digest(array: np.ndarray | None) -> str:
@@ -49,30 +50,53 @@ def _digest(array: np.ndarray | None) -> str:
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float64).tobytes()).hexdigest()
 
 
-def _conservative_to_ico(
-    grid: LatLonGrid, ico: IcoGrid, lat_bounds: np.ndarray | None, lon_bounds: np.ndarray | None
-) -> RegridMatrix:
-    """Each vertex: the area-weighted mean of the source cells over its Voronoi cell."""
-    coo = overlaps(grid, ico.xyz, ico.areas, source_cells(grid, lat_bounds, lon_bounds))
-    covered = np.bincount(coo.row, coo.data, minlength=ico.num_vertices)
+_OVERLAPS: OrderedDict[tuple, scipy.sparse.coo_matrix] = OrderedDict()
+_OVERLAP_CACHE_SIZE = 2
+"""The last exact overlap matrices, so that both directions of one grid pair build them once."""
+
+
+def _conservative_overlaps(
+    grid: LatLonGrid, ico: IcoGrid, lat_bounds: np.ndarray | None, lon_bounds: np.ndarray | None, key: tuple
+) -> scipy.sparse.coo_matrix:
+    """[N, num_points] exact overlap areas of Voronoi cells and source cells (steradians)."""
+    if key not in _OVERLAPS:
+        _OVERLAPS[key] = overlaps(grid, ico, source_cells(grid, lat_bounds, lon_bounds))
+        while len(_OVERLAPS) > _OVERLAP_CACHE_SIZE:
+            _OVERLAPS.popitem(last=False)
+    return _OVERLAPS[key]
+
+
+def _conservative_to_ico(overlap: scipy.sparse.coo_matrix) -> RegridMatrix:
+    """Each vertex: the area-weighted mean of the source cells over (the covered part of) its
+    Voronoi cell; vertices the grid does not reach have no weights (NaN)."""
+    covered = np.bincount(overlap.row, overlap.data, minlength=overlap.shape[0])
     with np.errstate(invalid="ignore", divide="ignore"):
-        weights = coo.data / covered[coo.row]
-    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
+        weights = overlap.data / covered[overlap.row]
+    return matrix_from_triplets([overlap.row], [overlap.col], [weights], overlap.shape)
 
 
-def _transposed_conservative(forward: RegridMatrix, areas: np.ndarray) -> RegridMatrix:
-    """Each source cell: the area-weighted mean of the vertices' Voronoi cells over it.
-
-    The forward rows are overlap / covered area; covered area is the full Voronoi area on a global
-    grid (the proportional fitting makes it so), so overlap = weight * area there."""
-    csr = forward.to_scipy()
-    covered = np.diff(forward.indptr) > 0
-    overlap = scipy.sparse.diags(np.where(covered, areas, 0.0)) @ csr
-    col_sums = np.asarray(overlap.sum(axis=0)).ravel()
-    coo = overlap.T.tocoo()
+def _transposed_conservative(overlap: scipy.sparse.coo_matrix) -> RegridMatrix:
+    """Each source cell: the area-weighted mean of the vertices' Voronoi cells over it (the same
+    overlaps transposed; the Voronoi cells tile the sphere, so a column sums to the cell area)."""
+    col_sums = np.bincount(overlap.col, overlap.data, minlength=overlap.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
-        weights = coo.data / col_sums[coo.row]
-    return matrix_from_triplets([coo.row], [coo.col], [weights], coo.shape)
+        weights = overlap.data / col_sums[overlap.col]
+    return matrix_from_triplets([overlap.col], [overlap.row], [weights], overlap.shape[::-1])
+
+
+def _repeat_cyclic(matrix: RegridMatrix, grid: LatLonGrid) -> RegridMatrix:
+    """Targets in a repeated longitude column (e.g. 360 next to 0) copy the rows of the column
+    they repeat: only the first of equal longitudes is a source cell, the others get no overlap."""
+    wrapped = np.mod(grid.lon, 360.0)
+    wrapped[wrapped >= 360.0 - LON_TOL] = 0.0
+    _, first, inverse = np.unique(np.round(wrapped, 9), return_index=True, return_inverse=True)
+    same = first[inverse]
+    if np.array_equal(same, np.arange(grid.lon.size)):
+        return matrix
+    source = (np.arange(grid.lat.size)[:, None] * grid.lon.size + same[None, :]).reshape(-1)
+    csr = matrix.to_scipy()[source]
+    return RegridMatrix(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data, matrix.num_sources,
+                        False)
 
 
 def regrid_matrix(
@@ -99,11 +123,8 @@ def regrid_matrix(
     grid = LatLonGrid.from_coords(lat, lon)
     ico = IcoGrid(int(level))
     if method == "conservative":
-        if to_ico:
-            matrix = _conservative_to_ico(grid, ico, lat_bounds, lon_bounds)
-        else:
-            forward = regrid_matrix(lat, lon, level, method, True, lat_bounds, lon_bounds)
-            matrix = _transposed_conservative(forward, ico.areas)
+        overlap = _conservative_overlaps(grid, ico, lat_bounds, lon_bounds, key[1:])
+        matrix = _conservative_to_ico(overlap) if to_ico else _repeat_cyclic(_transposed_conservative(overlap), grid)
     elif to_ico:
         tlat, tlon = ico.latlon.T
         if method == "bilinear":
@@ -185,8 +206,11 @@ def latlon_to_ico(
     """Regrid [..., nlat, nlon] on the given lat-lon grid to [..., N] icosahedral vertices.
 
     bilinear and conservative return floats (float32 stays float32); conservative is the
-    area-weighted mean over each vertex's Voronoi cell (`IcoGrid.areas`), cells from the CF
-    bounds when given, else midway between centres; it preserves the global integral.
+    area-weighted mean over each vertex's Voronoi cell (`IcoGrid.areas`) from exact overlap
+    areas, cells from the CF bounds when given, else midway between centres; it preserves the
+    global integral. On a regional grid a vertex is the mean over the part of its Voronoi cell
+    that the grid covers (NaN where it covers none), so sum(covered area x value) is the grid's
+    integral.
     nearest keeps the dtype, so labels stay integers; majority (integer labels) takes the class
     covering the largest share of the Voronoi cell (see `class_fractions`). Targets outside a
     regional grid are NaN (an error for integer values). With skipna, NaN sources are skipped and
