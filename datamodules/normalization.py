@@ -2,15 +2,23 @@
 
 They are computed from the training split only and must travel with a trained model, so the
 object converts to and from a dict of plain Python values (`to_dict` / `from_dict`) that a
-Lightning checkpoint or Hydra config can carry.
+Lightning checkpoint or Hydra config can carry, and to and from a JSON file (`save` / `load`), the
+readable copy that every datamodule keeps next to its cache. These four are the only ways
+statistics are persisted.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from datamodules.io.atomic import atomic_path
+from icolightning.errors import DataFileError
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,24 @@ class Normalization:
             level=int(state["level"]),
             method=str(state["method"]),
         )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict()` as JSON, atomically (a concurrent reader never sees half a file).
+
+        JSON writes each float as its shortest exact decimal, so `load` gives back an equal object.
+        """
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Normalization:
+        """The statistics that `save` wrote; a DataFileError naming the file if it holds something else."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataFileError(path, f"not a normalisation statistics file ({type(exc).__name__}: {exc})") from exc
 
     def apply(self, fields: np.ndarray) -> np.ndarray:
         """[..., C, N] raw -> float32 normalised; vertices without data (NaN) become 0, the mean."""

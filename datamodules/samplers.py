@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler, RandomSampler
+
+from icolightning.distributed import rank_and_world
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -33,23 +34,17 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the running process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def evaluation_sampler(dataset: Sized, name: str = "evaluation", rank: int | None = None,
                        world: int | None = None) -> UnpaddedDistributedSampler | None:
     """The sampler of a validation/test loader: unpadded under DDP, None (sequential) otherwise.
 
-    Rank and world size default to the running process group's. Every rank needs at least one
+    Rank and world size default to the running process group's (never the launcher's environment
+    alone: without a group the shares could not be gathered into one metric). Every rank needs at least one
     sample: DDP broadcasts buffers at the first forward after a training step, so a rank without
     a batch would leave the others waiting.
     """
     if rank is None or world is None:
-        rank, world = rank_and_world()
+        rank, world = rank_and_world(environment=False)
     if world == 1:
         return None
     if len(dataset) < world:

@@ -6,13 +6,14 @@ No heavy imports here: the console scripts compose the config before they know w
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from icolightning.distributed import launcher_rank_and_world
 
 
 def find_config_dir() -> str:
@@ -28,22 +29,22 @@ def find_config_dir() -> str:
 CONFIG_DIR = find_config_dir()
 
 
-def slurm_rank() -> int:
-    """This task's rank under srun (SLURM_PROCID), 0 elsewhere (Lightning-launched DDP ranks get
-    their own Hydra job name and output subfolder from Lightning)."""
-    return int(os.environ.get("SLURM_PROCID", "0"))
+def _launcher_rank() -> int:
+    return launcher_rank_and_world()[0]
 
 
 def register_resolvers() -> None:
     """`${len:${data.variables}}` lets the model's channel count follow the chosen variables;
     `${rank_zero_only:x}` (x on rank 0, else null) and `${rank_suffix:}` ("" on rank 0, else
-    "_rank<N>") keep `.hydra/` and train.log to rank 0 when srun starts every rank alike."""
+    "_rank<N>") keep `.hydra/` and train.log to rank 0 when srun or torchrun starts every rank alike
+    (the rank is the launcher's, see `icolightning.distributed`: the config is composed before any
+    process group exists, and Lightning-launched ranks get their own Hydra job name and folder)."""
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda seq: len(seq))
     if not OmegaConf.has_resolver("rank_zero_only"):
-        OmegaConf.register_new_resolver("rank_zero_only", lambda value: value if slurm_rank() == 0 else None)
+        OmegaConf.register_new_resolver("rank_zero_only", lambda value: value if _launcher_rank() == 0 else None)
     if not OmegaConf.has_resolver("rank_suffix"):
-        OmegaConf.register_new_resolver("rank_suffix", lambda: f"_rank{slurm_rank()}" if slurm_rank() else "")
+        OmegaConf.register_new_resolver("rank_suffix", lambda: f"_rank{_launcher_rank()}" if _launcher_rank() else "")
 
 
 register_resolvers()

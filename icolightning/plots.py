@@ -25,6 +25,12 @@ def _class_colours(class_names: Sequence[str]) -> dict[int, str]:
     return {i: CLASS_COLOURS.get(name) or next(extra) for i, name in enumerate(class_names) if i > 0}
 
 
+def background_channel(variables: Sequence[str]) -> int:
+    """The input channel drawn as grey background under masks: TMQ (integrated water vapour, in
+    which cyclones and atmospheric rivers stand out) when the model reads it, else the first."""
+    return list(variables).index("TMQ") if "TMQ" in variables else 0
+
+
 def wrapped_field(lat: np.ndarray, lon: np.ndarray, values: np.ndarray) -> tuple[Triangulation, np.ndarray]:
     """Triangulate vertex values on the lat/lon plane with copies shifted by ±360° and the poles
     spread along their latitude, so the shading reaches every edge of the 0–360 × ±90 frame."""

@@ -1,9 +1,11 @@
-"""Bad input at the command line: the console scripts print one line that names the option or file,
-exit 2 for usage/config errors and 1 for data errors, and show a traceback only with HYDRA_FULL_ERROR=1.
+"""Bad input at the command line: the console scripts (Hydra jobs and argparse tools alike) print one
+line that names the option or file, exit 2 for usage/config errors and 1 for data errors, and show a
+traceback only with HYDRA_FULL_ERROR=1.
 
-Every case runs the console script's own `main()` with its command line in sys.argv; the cases marked
-SUBPROCESS (and the traceback case) run the installed console scripts as processes (each imports
-torch and Lightning, several seconds on 2 cores, so they run two at a time in one fixture)."""
+Every Hydra case runs the console script's own `main()` with its command line in sys.argv; the cases
+marked SUBPROCESS, the argparse tools' cases (ARGPARSE) and the traceback case run the installed
+console scripts as processes (each imports torch and Lightning, several seconds on 2 cores, so they
+run two at a time in one fixture)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ import pytest
 import xarray as xr
 from checkpoints import write_checkpoint
 from hydra.core.global_hydra import GlobalHydra
+
+from datamodules.climate_sphere.files import split_list
+from datamodules.climate_sphere.synthetic import generate_sphere_dataset
+from icolightning.cli.entry import ToolParser, argparse_main
 
 BIN = Path(sys.executable).parent
 
@@ -41,6 +47,9 @@ def _files(root: Path) -> dict[str, str]:
     _latlon_file(root / "four.nc", ("TMQ", "U850", "V850", "PSL"))
     (root / "truncated.nc").write_bytes((root / "four.nc").read_bytes()[: len(nc) // 2])
     (root / "corrupt.nc").write_bytes(np.random.default_rng(1).bytes(2048))
+    generate_sphere_dataset(root / "sphere", n_train=1, n_val=1, n_test=1)
+    first = split_list(root / "sphere", "train")[0]  # the papers' format, but a level-3 mesh
+    np.savez(first, data=np.zeros((16, 642), np.float32), labels=np.zeros((3, 642), np.float32))
     return {"root": str(root), "good": str(good)}
 
 
@@ -61,6 +70,24 @@ CASES = [
      "corrupt.nc: cannot be read as netCDF"),
     ("truncated_netcdf", "predict", ["ckpt_path={good}", "input={root}/truncated.nc"], 1, "truncated.nc: "),
     ("missing_netcdf", "predict", ["ckpt_path={good}", "input={root}/absent.nc"], 1, "absent.nc: no netCDF input"),
+    ("malformed_sphere_file", "train", ["data=climate_sphere_l5", "data.data_dir={root}/sphere",
+                                        "data.preprocess_workers=1", "data.num_workers=0"], 1,
+     "00000-mesh.npz: 'data' is (16, 642)"),
+]
+# The argparse tools, as processes: a file they cannot use (1) and a bad argument (2).
+ARGPARSE = [
+    ("regrid_corrupt_input", "regrid", ["{root}/corrupt.nc", "{root}/out.nc", "--level", "2"], 1,
+     "corrupt.nc: cannot be read as netCDF"),
+    ("regrid_bad_method", "regrid", ["{root}/four.nc", "{root}/out.nc", "--level", "2", "--method", "cubic"], 2,
+     "argument --method: invalid choice: 'cubic'"),
+    ("events_corrupt_input", "events", ["{root}/corrupt.nc", "--output", "{root}/events", "--quiet"], 1,
+     "corrupt.nc: cannot be read as netCDF"),
+    ("events_unknown_option", "events", ["{root}/four.nc", "--output", "{root}/events", "--levle", "3"], 2,
+     "unrecognized arguments: --levle 3"),
+    ("synthetic_into_a_file", "make-synthetic", ["{root}/four.nc", "--train", "1", "--test", "0", "--quiet"], 1,
+     "Not a directory"),
+    ("synthetic_bad_count", "make-synthetic", ["{root}/syn", "--train", "many"], 2,
+     "argument --train: invalid int value: 'many'"),
 ]
 SUBPROCESS = ("unknown_option", "untrusted_checkpoint")
 FULL_ERROR_CASE = ("full_error_traceback", "eval", ["ckpt_path={root}/nowhere.ckpt"], 1, "CheckpointError")
@@ -68,7 +95,8 @@ FULL_ERROR_CASE = ("full_error_traceback", "eval", ["ckpt_path={root}/nowhere.ck
 
 def _command_line(case, files: dict[str, str]) -> list[str]:
     name, script, args, _, _ = case
-    return [f"icolightning-{script}", f"paths.root_dir={files['root']}/{name}", *(a.format(**files) for a in args)]
+    hydra = [] if case in ARGPARSE else [f"paths.root_dir={files['root']}/{name}"]
+    return [f"icolightning-{script}", *hydra, *(a.format(**files) for a in args)]
 
 
 def _run_process(case, files: dict[str, str]) -> subprocess.CompletedProcess:
@@ -106,15 +134,15 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processes(files):
-    cases = [c for c in CASES if c[0] in SUBPROCESS] + [FULL_ERROR_CASE]
+    cases = [c for c in CASES if c[0] in SUBPROCESS] + ARGPARSE + [FULL_ERROR_CASE]
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip([c[0] for c in cases], pool.map(lambda c: _run_process(c, files), cases), strict=True))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", CASES + ARGPARSE, ids=[c[0] for c in CASES + ARGPARSE])
 def test_bad_input_gives_one_line_and_an_exit_status(request, files, case, monkeypatch, capsys):
     name, script, _, status, text = case
-    if name in SUBPROCESS:
+    if name in SUBPROCESS or case in ARGPARSE:
         result = request.getfixturevalue("processes")[name]
     else:
         result = _run_main(case, files, monkeypatch, capsys)
@@ -124,6 +152,8 @@ def test_bad_input_gives_one_line_and_an_exit_status(request, files, case, monke
     assert lines[-1].startswith(f"icolightning-{script}: error: "), lines[-3:]
     assert text in lines[-1]
     assert "Traceback" not in result.stderr
+    if case in ARGPARSE:
+        assert len(lines) == 1, lines
     assert not (Path(files["root"]) / "planted.npy").exists()
     if name == "checkpoint_for_another_level":  # refused before generating the synthetic data set
         assert not (Path(files["root"]) / name / "data").exists()
@@ -133,3 +163,25 @@ def test_hydra_full_error_shows_the_traceback(processes):
     result = processes[FULL_ERROR_CASE[0]]
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "CheckpointError" in result.stderr
+
+
+def _tool(failure: BaseException):
+    """An argparse tool (as the shipped ones are built) whose work raises `failure`."""
+
+    def run(args) -> None:
+        raise failure
+
+    return argparse_main(lambda: ToolParser(prog="icolightning-tool"), run)
+
+
+@pytest.mark.parametrize(("failure", "status", "line"), [
+    (RuntimeError("boom\nsecond line"), 1, "RuntimeError: boom second line (set HYDRA_FULL_ERROR=1 for the traceback)"),
+    (PermissionError(13, "Permission denied", "/x/out.nc"), 1, "[Errno 13] Permission denied: '/x/out.nc'"),
+])
+def test_argparse_tools_report_unexpected_and_os_errors_in_one_line(failure, status, line, monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert _tool(failure)([]) == status
+    assert capsys.readouterr().err == f"icolightning-tool: error: {line}\n"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(type(failure)):
+        _tool(failure)([])

@@ -149,3 +149,29 @@ def test_multirun_with_ddp_is_refused(tmp_path):
     with open_dict(cfg):
         cfg.trainer.strategy = "auto"
     refuse_multirun_ddp(cfg)
+
+
+_COVERED = {"experiment", "trainer", "logger", "debug"}  # by the tests above
+_GROUP_OPTIONS = [(g.name, o) for g in sorted(CONF.iterdir()) if g.is_dir() and g.name not in _COVERED
+                  for o in _options(g.name)]
+
+
+def test_every_config_file_is_an_entry_or_a_group_option():
+    files = {p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml")}
+    options = {f"{g.name}/{o}.yaml" for g in CONF.iterdir() if g.is_dir() for o in _options(g.name)}
+    assert files == options | {"train.yaml", "eval.yaml", "predict.yaml"}
+
+
+@pytest.mark.parametrize(("group", "option"), _GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in _GROUP_OPTIONS])
+def test_every_group_option_composes_and_resolves(tmp_path, group, option):
+    """Each option composes into the train config and its own node resolves (an option alone need
+    not make a job with the other defaults: spherical_mnist data needs the classifier that its
+    experiments choose, and those are composed and instantiated above)."""
+    cfg = _compose(tmp_path, [f"{group}={option}"])
+    own = OmegaConf.load(CONF / group / f"{option}.yaml")
+    if group == "hydra":
+        assert cfg.hydra.output_subdir == ".hydra" and cfg.hydra.job_logging.root.level
+        return
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    if "_target_" in own:
+        assert node["_target_"] == own["_target_"]

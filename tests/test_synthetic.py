@@ -116,7 +116,9 @@ def test_cli_writes_train_and_test_folders_and_refuses_tiny_grids(tmp_path) -> N
     args = ["--train", "3", "--test", "2", "--nlat", "24", "--nlon", "48", "--quiet"]
     assert make_synthetic_main([str(tmp_path), *args]) == 0
     assert len(list((tmp_path / "train").glob("*.nc"))) == 3 and len(list((tmp_path / "test").glob("*.nc"))) == 2
-    assert make_synthetic_main([str(tmp_path / "x"), "--nlat", "4", "--quiet"]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # a bad option value: exit status 2, as any bad argument
+        make_synthetic_main([str(tmp_path / "x"), "--nlat", "4", "--quiet"])
+    assert exit_info.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_cli_refuses_negative_counts_like_any_bad_argument(tmp_path, capsys):

@@ -9,7 +9,6 @@ split. Loaders, statistics hand-over and checkpoint state are those of `ClimateD
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -20,7 +19,6 @@ from torch.utils.data import Dataset
 from datamodules.climate_sphere.cache import SplitCache, ensure_split_cache
 from datamodules.climate_sphere.files import CHANNELS, SPLITS, split_list
 from datamodules.climatenet.datamodule import ClimateDataModule
-from datamodules.io.atomic import atomic_path
 from datamodules.normalization import Normalization
 
 MAPPING_METHOD = "ugscnn-barycentric"
@@ -104,8 +102,7 @@ class ClimateSphereDataModule(ClimateDataModule):
             cache = self._split(split)
             if split == "train":
                 norm = self._split_statistics(cache)
-                with atomic_path(cache.path / f"normalization-{'-'.join(self.variables)}.json") as tmp:
-                    tmp.write_text(json.dumps(norm.to_dict(), indent=1))
+                norm.save(cache.path / f"normalization-{'-'.join(self.variables)}.json")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") or self._normalization is None:

@@ -12,7 +12,6 @@ training samples only and travel with checkpoints through `state_dict()`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import OrderedDict
@@ -27,7 +26,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.cache.entries import CacheEntry, PreprocessConfig, ensure_cache
 from datamodules.climatenet.schema import VARIABLES
-from datamodules.io.atomic import atomic_path
 from datamodules.io.netcdf import list_netcdf
 from datamodules.normalization import Normalization
 from datamodules.samplers import EpochShuffle, evaluation_sampler
@@ -271,7 +269,8 @@ class ClimateDataModule(L.LightningDataModule):
             entries = self._entries(split)
             if split == "train":
                 train, _ = split_validation(samples_by_time(entries), self.val_fraction)
-                self._store_stats(self._statistics(entries, train))
+                stats_file = self.cache_dir / self.config.folder_name() / f"normalization-val{self.val_fraction:g}.json"
+                self._statistics(entries, train).save(stats_file)
 
     def _statistics(self, entries: Sequence[CacheEntry], samples: Sequence[tuple[int, int]]) -> Normalization:
         stats = [entry.stats() for entry in entries]
@@ -285,12 +284,6 @@ class ClimateDataModule(L.LightningDataModule):
             self.level,
             self.config.method,
         )
-
-    def _store_stats(self, norm: Normalization) -> None:
-        """Keep a human-readable copy next to the cache (written atomically)."""
-        folder = self.cache_dir / self.config.folder_name()
-        with atomic_path(folder / f"normalization-val{self.val_fraction:g}.json") as tmp:
-            tmp.write_text(json.dumps(norm.to_dict(), indent=1))
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") or self._normalization is None:

@@ -1,18 +1,23 @@
-"""Console entry points around the Hydra jobs: one line per error, and an exit status by kind.
+"""Console entry points: one line per error and an exit status by kind, for the Hydra jobs
+(`hydra_entry`) and the argparse tools (`argparse_main`) alike.
 
-2: a wrong option or combination (unknown key, bad override, missing value, no GPU for trainer=gpu);
-1: a file that cannot be used (data folder, netCDF file, checkpoint) or an unexpected failure.
-``HYDRA_FULL_ERROR=1`` shows the full traceback instead, as in any Hydra application.
+2: a wrong option or combination (unknown key, bad override or argument, missing value, no GPU for
+   trainer=gpu);
+1: a file that cannot be used (data folder, netCDF file, checkpoint; any DataError or OSError), or an
+   unexpected failure, reported as its type and message.
+``HYDRA_FULL_ERROR=1`` shows the full traceback instead, as in any Hydra application; the argparse
+tools honour the same variable, so one switch serves every icolightning command.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.errors import HydraException
@@ -43,7 +48,7 @@ def one_line(exc: BaseException) -> str:
 def describe(exc: BaseException) -> tuple[str, int]:
     """(message, exit status) of an error raised by a job or by Hydra's config composition."""
     chain = list(_chain(exc))
-    for kinds, status in ((DataError, 1), (UsageError, 2)):
+    for kinds, status in ((DataError, 1), (UsageError, 2), (OSError, 1)):
         found = next((e for e in chain if isinstance(e, kinds)), None)
         if found is not None:
             return one_line(found), status
@@ -55,10 +60,57 @@ def describe(exc: BaseException) -> tuple[str, int]:
     return f"{type(exc).__name__}: {one_line(exc)} (set {FULL_ERROR}=1 for the traceback)", 1
 
 
-def fail(exc: BaseException) -> None:
+def report(prog: str, exc: BaseException) -> int:
+    """Print `prog: error: <one line>` on stderr; the exit status that goes with it."""
     message, status = describe(exc)
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    raise SystemExit(status) from None
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def fail(exc: BaseException) -> NoReturn:
+    raise SystemExit(report(Path(sys.argv[0]).name, exc)) from None
+
+
+class ToolParser(argparse.ArgumentParser):
+    """An ArgumentParser whose complaints are UsageErrors, reported by `argparse_main` as one line
+    (argparse itself prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def argparse_main(build_parser: Callable[[], argparse.ArgumentParser],
+                  run: Callable[[argparse.Namespace], None]) -> Callable[[Sequence[str] | None], int]:
+    """The console `main(argv=None)` of an argparse tool: parse, `run(args)`, report errors as above.
+
+    A usage error exits with status 2 (SystemExit, as argparse does for a bad argument); any other
+    error returns its status, so `main` also serves as a function. `build_parser` should make a
+    `ToolParser`, or argparse prints its own usage block for a bad argument.
+    """
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        parser = build_parser()
+        try:
+            run(parser.parse_args(argv))
+        except Exception as exc:
+            if os.environ.get(FULL_ERROR) == "1":
+                raise
+            status = report(parser.prog, exc)
+            if status == 2:
+                raise SystemExit(status) from None
+            return status
+        return 0
+
+    return main
+
+
+def checked_level(level: int) -> int:
+    """An icosahedral --level option, refused (UsageError) outside 0..MAX_LEVEL."""
+    from icolightning.grid import MAX_LEVEL
+
+    if not 0 <= level <= MAX_LEVEL:
+        raise UsageError(f"--level must be in 0..{MAX_LEVEL}, got {level}")
+    return level
 
 
 def load_job(path: str) -> Callable[[DictConfig], Any]:

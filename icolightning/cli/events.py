@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from icolightning.classes import CLASSES
+from icolightning.cli.entry import ToolParser, argparse_main, checked_level
+from icolightning.errors import DataFileError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="icolightning-events",
         description="Find tropical cyclones (class 1) and atmospheric rivers (class 2) in label files as "
         "connected regions on the icosahedral vertices, track them through time and write events.csv, "
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expand(patterns: Sequence[str], parser: argparse.ArgumentParser, option: str) -> list[Path]:
+def expand(patterns: Sequence[str], option: str) -> list[Path]:
     """Files named by paths, folders (their *.nc/*.nc4) and glob patterns, in that order."""
     from datamodules.io.netcdf import list_netcdf
 
@@ -53,36 +55,28 @@ def expand(patterns: Sequence[str], parser: argparse.ArgumentParser, option: str
         else:
             found = [path] if path.is_file() else []
         if not found:
-            parser.error(f"{option} {pattern!r}: no such file, or no netCDF files there")
+            raise DataFileError(pattern, f"no such file, or no netCDF files there (named by {option})")
         files.extend(found)
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from icolightning.grid import MAX_LEVEL
-
-    if not 0 <= args.level <= MAX_LEVEL:
-        parser.error(f"--level must be in 0..{MAX_LEVEL}, got {args.level}")
-    inputs = expand(args.inputs, parser, "INPUT")
-    truth = expand(args.truth, parser, "--truth") if args.truth else None
+def run(args: argparse.Namespace) -> None:
+    level = checked_level(args.level)
+    inputs = expand(args.inputs, "INPUT")
+    truth = expand(args.truth, "--truth") if args.truth else None
     if truth is not None and len(truth) != len(inputs):
-        parser.error(f"--truth names {len(truth)} files but INPUT {len(inputs)}; they are paired in order")
+        raise UsageError(f"--truth names {len(truth)} files but INPUT {len(inputs)}; they are paired in order")
 
-    from icolightning.errors import DataFileError
     from icolightning.jobs.events import EventRun
 
-    try:
-        run = EventRun(args.level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet)
-        summary = run.process(inputs, args.variable, truth, args.truth_variable)
-        written = run.write(Path(args.output), plots=not args.no_plots)
-    except (DataFileError, OSError) as exc:
-        print(f"icolightning-events: error: {exc}", file=sys.stderr)
-        return 1
+    catalogue = EventRun(level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet)
+    summary = catalogue.process(inputs, args.variable, truth, args.truth_variable)
+    written = catalogue.write(Path(args.output), plots=not args.no_plots)
     print(json.dumps(summary, indent=1, default=lambda v: None if np.isnan(v) else float(v)))
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+
+
+main = argparse_main(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from icolightning.cli.entry import ToolParser, argparse_main
+from icolightning.errors import UsageError
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="icolightning-make-synthetic",
         description="Write SYNTHETIC netCDF files in the exact ClimateNet layout (train/ and test/, one file "
         "per time step, 16 variables and LABELS) with cyclones and atmospheric rivers drawn by a "
@@ -23,22 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     if args.train < 0 or args.test < 0:
-        parser.error("--train and --test must be >= 0")
-    from datamodules.climatenet.synthetic import generate_dataset
+        raise UsageError("--train and --test must be >= 0")
+    from datamodules.climatenet.synthetic import generate_dataset, grid_coords
 
     try:
-        paths = generate_dataset(
-            args.out_dir, args.train, args.test, args.nlat, args.nlon, args.seed, not args.quiet
-        )
-    except (ValueError, OSError) as exc:
-        print(f"icolightning-make-synthetic: error: {exc}", file=sys.stderr)
-        return 1
+        grid_coords(args.nlat, args.nlon)  # the generator's own check of the grid size
+    except ValueError as exc:
+        raise UsageError(f"--nlat/--nlon: {exc}") from exc
+    paths = generate_dataset(args.out_dir, args.train, args.test, args.nlat, args.nlon, args.seed, not args.quiet)
     print(f"wrote {len(paths)} synthetic files under {args.out_dir}")
-    return 0
+
+
+main = argparse_main(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from datamodules.regrid import LABEL_METHODS, METHODS
-from icolightning.errors import DataFileError
+from icolightning.cli.entry import ToolParser, argparse_main, checked_level
 from icolightning.grid import MAX_LEVEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="icolightning-regrid",
         description="Regrid the lat-lon variables of a netCDF file onto icosahedral vertices (dimension "
         "'vertex', per-vertex lat/lon). Other dimensions and attributes are kept; variables stored as "
@@ -29,21 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.level <= MAX_LEVEL:
-        parser.error(f"--level must be in 0..{MAX_LEVEL}, got {args.level}")
+def run(args: argparse.Namespace) -> None:
     from datamodules.io.convert import regrid_netcdf
 
-    try:
-        out = regrid_netcdf(args.input, args.output, args.level, args.variables, args.method, not args.quiet,
-                            args.label_method)
-    except (DataFileError, OSError) as exc:
-        print(f"icolightning-regrid: error: {exc}", file=sys.stderr)
-        return 1
+    out = regrid_netcdf(args.input, args.output, checked_level(args.level), args.variables, args.method,
+                        not args.quiet, args.label_method)
     print(f"wrote {out}")
-    return 0
+
+
+main = argparse_main(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torch.utils.data import default_collate
 from icolightning.errors import UsageError
 from icolightning.grid import IcoGrid
 from icolightning.lightning.segmentation import SegmentationModule
-from icolightning.plots import save_confusion_matrix, save_mask_maps
+from icolightning.plots import background_channel, save_confusion_matrix, save_mask_maps
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def save_segmentation_figures(model: SegmentationModule, datamodule: L.Lightning
     x, y = default_collate([test_set[i] for i in range(min(samples, len(test_set)))])
     x = x.to(model.device)
     prediction = model(x).argmax(1).cpu().numpy()
-    variables = list(model.data_stats.get("variables") or [])
-    channel = variables.index("TMQ") if "TMQ" in variables else 0
+    channel = background_channel(model.data_stats.get("variables") or [])
     background = x[:, channel].float().cpu().numpy()
     latlon = IcoGrid(int(model.data_stats.get("level", datamodule.level))).latlon
     save_mask_maps(run_dir / "prediction_map.png", latlon, prediction, model.class_names, truth=y.numpy(),

@@ -26,7 +26,7 @@ from icolightning.errors import CheckpointError, DataFileError
 from icolightning.grid import IcoGrid
 from icolightning.lightning import load_module
 from icolightning.lightning.segmentation import SegmentationModule
-from icolightning.plots import save_mask_maps
+from icolightning.plots import background_channel, save_mask_maps
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ class PredictOptions:
 def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: PredictOptions) -> Path:
     """Predict one file slab by slab (memory does not grow with its number of time steps)."""
     stats = model.data_stats
-    variables = list(stats["variables"])
-    channel = variables.index("TMQ") if "TMQ" in variables else 0
+    channel = background_channel(stats["variables"])
     target = out_dir / f"{path.stem}_prediction.nc"
     counts = np.zeros(len(model.class_names), dtype=np.int64)
     nan_vertices: dict[str, int] = {}
