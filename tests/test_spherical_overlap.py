@@ -167,9 +167,8 @@ LAYOUTS = ("nodes_with_poles", "centred_0_360", "centred_descending_dateline", "
 
 
 def _check_global(kind: str, spacing: float, level: int) -> None:
-    from datamodules.regrid.conservative import overlaps, source_cells
-
     from datamodules.regrid import LatLonGrid
+    from datamodules.regrid.conservative import overlaps, source_cells
 
     lat, lon, bounds = _layout(kind, spacing)
     grid, ico = LatLonGrid.from_coords(lat, lon), IcoGrid(level)
@@ -232,9 +231,8 @@ def test_regional_grid_keeps_the_covered_integral() -> None:
     ico = IcoGrid(level)
     field = np.random.default_rng(5).random((lat.size, lon.size))
     out = latlon_to_ico(field, lat, lon, level, "conservative")
-    from datamodules.regrid.conservative import overlaps, source_cells
-
     from datamodules.regrid import LatLonGrid
+    from datamodules.regrid.conservative import overlaps, source_cells
 
     grid = LatLonGrid.from_coords(lat, lon)
     cells = source_cells(grid)
