@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level", type=int, default=5, help="icosahedral level for lat-lon inputs (default 5)")
     parser.add_argument("--variable", default="LABELS", help="label variable (default LABELS)")
     parser.add_argument("--truth-variable", default="LABELS", help="label variable of the truth files")
+    parser.add_argument("--max-gap-hours", type=float, default=None, metavar="H",
+                        help="steps further apart than H hours start new tracks (default: 1.5 times the inputs' "
+                        "median time step, at most 24; inf: link across any gap)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -70,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     if truth is not None and len(truth) != len(inputs):
         parser.error(f"--truth names {len(truth)} files but INPUT {len(inputs)}; they are paired in order")
 
+    if args.max_gap_hours is not None and not args.max_gap_hours > 0:
+        parser.error(f"--max-gap-hours must be positive, got {args.max_gap_hours}")
     from icolightning.errors import DataFileError
     from icolightning.jobs.events import EventRun
 
     try:
-        run = EventRun(args.level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet)
+        run = EventRun(args.level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet,
+                       max_gap_hours=args.max_gap_hours)
         summary = run.process(inputs, args.variable, truth, args.truth_variable)
         written = run.write(Path(args.output), plots=not args.no_plots)
     except (DataFileError, OSError) as exc:

@@ -27,8 +27,15 @@ import xarray as xr
 from datamodules.io.atomic import atomic_path
 from icolightning.classes import CLASSES
 from icolightning.errors import DataFileError
-from icolightning.events.files import GridInfo, open_labels
-from icolightning.events.tracking import DetectionCounts, EventTracker, detection_counts, events_frame, summarize_tracks
+from icolightning.events.files import GridInfo, label_times, open_labels
+from icolightning.events.tracking import (
+    DetectionCounts,
+    EventTracker,
+    default_max_gap_hours,
+    detection_counts,
+    events_frame,
+    summarize_tracks,
+)
 from icolightning.grid import level_of
 
 
@@ -39,8 +46,11 @@ def _number(value: float) -> float | None:
 class EventRun:
     """Accumulates events, frequencies and detection counts over any number of files."""
 
-    def __init__(self, level: int, classes: Mapping[int, str], progress: bool = True) -> None:
+    def __init__(self, level: int, classes: Mapping[int, str], progress: bool = True,
+                 max_gap_hours: float | None = None) -> None:
         self.level = int(level)
+        self.max_gap_hours = max_gap_hours
+        """Steps further apart are not linked into one track; None: 1.5 times the inputs' median step, at most 24 h."""
         self.classes = dict(classes)
         self.progress = progress
         self.grid: GridInfo | None = None
@@ -56,7 +66,7 @@ class EventRun:
             self.grid = grid
             if grid.kind == "vertex":
                 self.level = level_of(first_step.size)
-            self.tracker = EventTracker(self.level, tuple(self.classes))
+            self.tracker = EventTracker(self.level, tuple(self.classes), self.max_gap_hours)
         elif not grid.same_as(self.grid):
             raise DataFileError(path, "is on another grid than the first input; all inputs must share one grid")
 
@@ -66,6 +76,8 @@ class EventRun:
         from tqdm.auto import tqdm
 
         classes = tuple(self.classes)
+        if self.max_gap_hours is None:
+            self.max_gap_hours = default_max_gap_hours([t for path in inputs for t in label_times(path, variable)])
         with tqdm(desc="finding events", unit="step", disable=not self.progress) as bar:
             for i, path in enumerate(inputs):
                 grid, count, steps = open_labels(path, variable, self.level)
@@ -75,7 +87,7 @@ class EventRun:
                         self._start(path, grid, step.vertices)
                         if truth is not None:
                             truth_steps = self._open_truth(truth[i], truth_variable, count)
-                    for row in self.tracker.update(step.vertices, self.steps):
+                    for row in self.tracker.update(step.vertices, self.steps, step.time):
                         self.rows.append({**row, "file": path.name, "datetime": step.time})
                     hits = np.stack([step.native == cls for cls in classes])
                     self.frequency = hits.astype(np.int64) if self.frequency is None else self.frequency + hits
@@ -121,7 +133,7 @@ class EventRun:
 
     def summary(self) -> dict:
         events = events_frame(self.rows)
-        out: dict = {"steps": self.steps, "level": self.level}
+        out: dict = {"steps": self.steps, "level": self.level, "max_gap_hours": self.max_gap_hours}
         for cls, name in self.classes.items():
             mine = events[events["class"] == cls]
             out[f"events_{name}"] = len(mine)
