@@ -25,6 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.ugrid import add_mesh
 from icolightning.classes import CLASSES
 from icolightning.errors import DataFileError
 from icolightning.events.files import GridInfo, label_times, open_labels
@@ -170,6 +171,8 @@ class EventRun:
         for values, name in zip(fraction, self.classes.values(), strict=True):
             ds[f"{name}_frequency"] = xr.DataArray(values.astype(np.float32), dims=dims, attrs={
                 "long_name": f"fraction of the {self.steps} time steps inside a {name} event", "units": "1"})
+        if grid.kind == "vertex":
+            ds = add_mesh(ds, self.level)
         with atomic_path(path) as tmp:
             ds.to_netcdf(tmp, engine="netcdf4")
 
