@@ -165,7 +165,9 @@ class EventRun:
     def _write_frequency(self, path: Path) -> None:
         grid, dims = self.grid, self._frequency_dims()
         fraction = self.frequency / max(self.steps, 1)
-        coords = ({"lat": ("vertex", grid.lat), "lon": ("vertex", grid.lon)} if grid.kind == "vertex"
+        coords = ({"lat": ("vertex", grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
+                   "lon": ("vertex", grid.lon, {"units": "degrees_east", "standard_name": "longitude"})}
+                  if grid.kind == "vertex"
                   else {grid.lat_dim: grid.lat, grid.lon_dim: grid.lon})
         ds = xr.Dataset(coords=coords, attrs={"title": "icolightning-events: event frequency", "steps": self.steps})
         for values, name in zip(fraction, self.classes.values(), strict=True):
