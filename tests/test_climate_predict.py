@@ -93,7 +93,7 @@ def test_regrid_tool_keeps_dims_attributes_and_labels(trained, tmp_path, capsys)
         np.testing.assert_allclose(out["lat"].values, IcoGrid(3).latlon[:, 0])
         expected = latlon_to_ico(src["TMQ"].values, src.lat.values, src.lon.values, 3)
         np.testing.assert_allclose(out["TMQ"].values, expected, rtol=1e-6)
-        assert set(out.data_vars) == {"TMQ", "PSL", "LABELS"}
+        assert set(out.data_vars) == {"TMQ", "PSL", "LABELS", "mesh", "mesh_face_nodes"}  # + the UGRID mesh
         np.testing.assert_array_equal(out.time.values, src.time.values)
 
 

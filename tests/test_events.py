@@ -21,6 +21,7 @@ from datamodules.regrid import latlon_to_ico
 from icolightning.cli.events import main as events_main
 from icolightning.events.tracking import (
     EARTH_RADIUS_KM,
+    default_max_gap_hours,
     detection_counts,
     find_events,
     great_circle_km,
@@ -97,6 +98,30 @@ def test_a_moving_cap_is_one_track_with_its_travel_distance() -> None:
     assert track["travel_km"] == pytest.approx(expected, rel=0.03)
     assert track["speed_kmh"] == pytest.approx(expected / 15.0, rel=0.03)
     assert track["max_area_km2"] == pytest.approx(table["area_km2"].max())
+
+
+def test_a_gap_in_time_starts_a_new_track() -> None:
+    """The moving cap of 3-hourly steps, then 12 hours to the fourth step: two tracks by
+    default (the limit is 1.5 × 3 h), one when the limit allows the gap."""
+    lons = np.mod(350.0 + 4.0 * np.arange(6), 360.0)
+    labels = np.stack([labels_of((cap(10.0, lon, 8.0), 1)) for lon in lons])
+    times = list(pd.date_range("2000-01-01", periods=3, freq="3h")) + list(
+        pd.date_range("2000-01-01T18:00", periods=3, freq="3h"))
+    assert default_max_gap_hours(times) == pytest.approx(4.5)
+    split = find_events(labels, LEVEL, times=times)
+    assert split.groupby("track")["time"].apply(list).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert find_events(labels, LEVEL, times=times, max_gap_hours=11.0)["track"].nunique() == 2
+    assert find_events(labels, LEVEL, times=times, max_gap_hours=12.0)["track"].nunique() == 1  # at most: linked
+    assert find_events(labels, LEVEL, times=times, max_gap_hours=float("inf"))["track"].nunique() == 1
+    assert find_events(labels, LEVEL)["track"].nunique() == 1  # no times: no gaps to respect
+
+
+def test_default_gap_is_one_and_a_half_steps_at_most_a_day() -> None:
+    assert default_max_gap_hours(pd.date_range("2000-01-01", periods=5, freq="6h")) == pytest.approx(9.0)
+    assert default_max_gap_hours(pd.date_range("2000-01-01", periods=5, freq="68D")) == pytest.approx(24.0)
+    assert default_max_gap_hours(["2000-01-01T00:00:00", None, "2000-01-01T03:00:00", "2000-01-01T04:00:00"]) \
+        == pytest.approx(1.5)
+    assert default_max_gap_hours([None, None]) is None
 
 
 def test_merge_and_split_follow_the_largest_event() -> None:
@@ -185,10 +210,13 @@ def test_events_cli_end_to_end_on_lat_lon_files(label_files, tmp_path, capsys) -
         lat, lon = first["lat"].values, first["lon"].values
     native = np.stack([xr.open_dataset(path)["LABELS"].values.reshape(lat.size, lon.size) for path in label_files])
     vertex = latlon_to_ico(native, lat, lon, 3, "majority")
-    expected = find_events(vertex, 3)
+    days = [str(xr.open_dataset(path)["time"].values[0])[:19] for path in label_files]
+    expected = find_events(vertex, 3, times=days)
     events = pd.read_csv(out / "events.csv")
     assert len(events) == len(expected) > 0 and summary["steps"] == len(native)
-    pd.testing.assert_frame_equal(events[list(expected.columns)], expected, check_exact=False, rtol=1e-5)
+    assert summary["max_gap_hours"] == 24.0 and expected["track"].is_unique  # files 68 days apart
+    columns = [c for c in expected.columns if c != "datetime"]
+    pd.testing.assert_frame_equal(events[columns], expected[columns], check_exact=False, rtol=1e-5)
     assert events["file"].tolist() == [label_files[t].name for t in expected["time"]]
     tracks = pd.read_csv(out / "tracks.csv")
     assert set(tracks["track"]) == set(expected["track"])
@@ -201,6 +229,23 @@ def test_events_cli_end_to_end_on_lat_lon_files(label_files, tmp_path, capsys) -
     assert detection["true_events_TC"] == (expected["class"] == 1).sum()
     for name in ("frequency", "area_hist", "lifetime_hist", "speed_hist", "travel_hist"):
         assert (out / f"{name}.png").stat().st_size > 5_000
+
+
+def test_events_cli_max_gap_option_links_across_files(label_files, tmp_path, capsys) -> None:
+    folder = label_files[0].parent
+    days = pd.to_datetime([xr.open_dataset(path)["time"].values[0] for path in label_files])
+    gap = (days[1:] - days[:-1]).total_seconds().max() / 3600  # the files are equally spaced
+    args = [str(folder), "--level", "3", "--quiet", "--no-plots", "--max-gap-hours"]
+    for limit in ("inf", str(gap), str(gap - 1)):
+        assert events_main([*args, limit, "--output", str(tmp_path / limit)]) == 0
+    linked = pd.read_csv(tmp_path / "inf" / "events.csv")
+    assert not linked["track"].is_unique  # some event overlaps one of the file before
+    assert pd.read_csv(tmp_path / str(gap) / "events.csv")["track"].tolist() == linked["track"].tolist()
+    assert pd.read_csv(tmp_path / str(gap - 1) / "events.csv")["track"].is_unique
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:
+        events_main([*args, "0", "--output", str(tmp_path / "o")])
+    assert bad.value.code == 2 and "--max-gap-hours" in capsys.readouterr().err
 
 
 def test_events_cli_reads_icosahedral_files(label_files, tmp_path) -> None:

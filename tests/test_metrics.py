@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from cli_runs import free_port
 from sklearn.metrics import average_precision_score, confusion_matrix
 
+from icolightning.grid import IcoGrid
 from icolightning.metrics.segmentation import ClimateMetrics
 
 
@@ -119,13 +120,58 @@ def test_rejects_too_few_bins_and_bad_shapes():
         ClimateMetrics().update(torch.rand(2, 4, 10), torch.zeros(2, 10, dtype=torch.long))
 
 
+def test_area_weighting_on_hand_made_labels():
+    """Level 1: TC on the 12 small pentagon cells, one hexagon wrongly called TC. Counting vertices,
+    TC's IoU is 12/13; weighting by area it is A12 / (A12 + a), with the cells' true areas."""
+    grid = IcoGrid(1)
+    share = grid.areas / grid.areas.sum()
+    target = torch.zeros(1, grid.num_vertices, dtype=torch.long)
+    target[0, grid.corners] = 1
+    wrong = int(np.flatnonzero(grid.degree == 6)[0])
+    pred = target.clone()
+    pred[0, wrong] = 1
+    probs = torch.nn.functional.one_hot(pred, 3).movedim(-1, 1).double()
+    got = _run([(probs, target)], weighting="area")
+    corners, extra = share[grid.corners].sum(), share[wrong]
+    assert corners < 12 / grid.num_vertices  # pentagons are smaller than the average cell
+    assert got["iou_TC_vertex"] == pytest.approx(12 / 13, abs=1e-12)
+    assert got["iou_TC_area"] == pytest.approx(corners / (corners + extra), abs=1e-12)
+    assert got["iou_TC"] == got["iou_TC_area"] != pytest.approx(got["iou_TC_vertex"], abs=1e-3)
+    assert got["acc_BG_vertex"] == pytest.approx(29 / 30, abs=1e-12)
+    assert got["acc_BG_area"] == pytest.approx(1 - extra / (1 - corners), abs=1e-12)
+    assert got["accuracy_area"] == pytest.approx(1 - extra, abs=1e-12)
+    assert got["ap_TC_area"] == pytest.approx(corners / (corners + extra), abs=1e-12)  # all scored 1
+    assert got["ap_TC_vertex"] == pytest.approx(12 / 13, abs=1e-12)
+    vertex_only = _run([(probs, target)], weighting="vertex")
+    assert vertex_only["iou_TC"] == vertex_only["iou_TC_vertex"] and "iou_TC_area" not in vertex_only
+
+
+def test_area_weighting_matches_sklearn_sample_weights():
+    batches = _fake_batches(seed=5)  # n = 162: level 2
+    probs, target = _flatten(batches)
+    weight = np.tile(IcoGrid(2).areas / IcoGrid(2).areas.sum(), len(target) // 162)
+    got = _run(batches, weighting="area")
+    cm = confusion_matrix(target, probs.argmax(1), labels=[0, 1, 2], sample_weight=weight)
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    quantised = np.clip(np.floor(probs.astype(np.float32) * 1000), 0, 999) / 1000
+    for i, name in enumerate(["BG", "TC", "AR"]):
+        assert got[f"acc_{name}"] == pytest.approx(cm[i, i] / cm[i].sum(), abs=1e-12)
+        assert got[f"iou_{name}"] == pytest.approx(iou[i], abs=1e-12)
+        ap = average_precision_score(target == i, quantised[:, i], sample_weight=weight)
+        assert got[f"ap_{name}"] == pytest.approx(ap, abs=1e-12)
+    assert got["mean_iou"] == pytest.approx(iou.mean(), abs=1e-12)
+    with pytest.raises(ValueError, match="icosahedral"):
+        _run([(torch.rand(1, 3, 10), torch.zeros(1, 10, dtype=torch.long))], weighting="area")
+    with pytest.raises(ValueError, match="weighting"):
+        ClimateMetrics(weighting="cells")
+
 
 def _rank_worker(rank: int, world: int, port: int, result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         batches = _fake_batches(seed=7, batches=6)
-        metric = ClimateMetrics()
+        metric = ClimateMetrics(weighting="area")
         for probs, target in batches[rank::world]:
             metric.update(probs, target)
         values = {k: v.item() if v.ndim == 0 else v.tolist() for k, v in metric.compute().items()}
@@ -139,8 +185,8 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     result = tmp_path / "ddp.pt"
     mp.spawn(_rank_worker, args=(2, free_port(), str(result)), nprocs=2, join=True)
     synced = torch.load(result, weights_only=True)
-    single = _run(_fake_batches(seed=7, batches=6))
-    assert synced.keys() == single.keys()
+    single = _run(_fake_batches(seed=7, batches=6), weighting="area")
+    assert synced.keys() == single.keys() and "mean_iou_area" in single
     assert synced.pop("confusion") == single.pop("confusion")
     for key, value in single.items():
         assert synced[key] == pytest.approx(value, abs=1e-12), key

@@ -29,6 +29,7 @@ from datamodules.io.netcdf import (
     open_netcdf,
 )
 from datamodules.io.slabs import SlabWriter
+from datamodules.io.ugrid import NODE_ATTRS, add_mesh
 from datamodules.regrid import LABEL_METHODS, METHODS, latlon_to_ico
 from icolightning.grid import IcoGrid
 
@@ -75,7 +76,7 @@ def _skeleton(ds: xr.Dataset, names: list[str], grid_dims: tuple[str, str], leve
     out = xr.Dataset(keep, coords={**other_coords, **_vertex_coords(level)}, attrs=dict(ds.attrs))
     out.attrs["history"] = f"{ds.attrs['history']}\n{history}" if "history" in ds.attrs else history
     out.attrs["icosahedral_level"] = int(level)
-    return out.load()
+    return add_mesh(out, level).load()
 
 
 def _stored_encoding(var: xr.DataArray, dtype: np.dtype | None) -> dict:
@@ -122,7 +123,8 @@ def regrid_netcdf(
         try:
             sizes = {**ds.sizes, "vertex": n}
             for name in names:
-                writer.add_variable(name, (*lead[name], "vertex"), sizes, ds[name].dtype, ds[name].attrs,
+                writer.add_variable(name, (*lead[name], "vertex"), sizes, ds[name].dtype,
+                                    {**ds[name].attrs, **NODE_ATTRS},
                                     _stored_encoding(ds[name], integer[name]))
             for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
                 for name in names:

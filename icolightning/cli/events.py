@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level", type=int, default=5, help="icosahedral level for lat-lon inputs (default 5)")
     parser.add_argument("--variable", default="LABELS", help="label variable (default LABELS)")
     parser.add_argument("--truth-variable", default="LABELS", help="label variable of the truth files")
+    parser.add_argument("--max-gap-hours", type=float, default=None, metavar="H",
+                        help="steps further apart than H hours start new tracks (default: 1.5 times the inputs' "
+                        "median time step, at most 24; inf: link across any gap)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -67,9 +70,12 @@ def run(args: argparse.Namespace) -> None:
     if truth is not None and len(truth) != len(inputs):
         raise UsageError(f"--truth names {len(truth)} files but INPUT {len(inputs)}; they are paired in order")
 
+    if args.max_gap_hours is not None and not args.max_gap_hours > 0:
+        raise UsageError(f"--max-gap-hours must be positive, got {args.max_gap_hours}")
     from icolightning.jobs.events import EventRun
 
-    catalogue = EventRun(level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet)
+    catalogue = EventRun(level, {c.id: c.short for c in CLASSES if c.id > 0}, progress=not args.quiet,
+                         max_gap_hours=args.max_gap_hours)
     summary = catalogue.process(inputs, args.variable, truth, args.truth_variable)
     written = catalogue.write(Path(args.output), plots=not args.no_plots)
     print(json.dumps(summary, indent=1, default=lambda v: None if np.isnan(v) else float(v)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 from datamodules.io.netcdf import LatLonFile, find_time_dim, open_netcdf
 from datamodules.regrid import latlon_to_ico
@@ -80,6 +81,12 @@ def _iter_latlon(path: Path, variable: str, level: int) -> tuple[GridInfo, int, 
     return grid, data.num_times, steps()
 
 
+def _vertex_times(ds: xr.Dataset, time_dim: str | None, count: int) -> list[str | None]:
+    if time_dim in ds.variables and np.issubdtype(ds[time_dim].dtype, np.datetime64):
+        return [str(np.datetime_as_string(v, unit="s")) for v in ds[time_dim].values]
+    return [None] * count
+
+
 def _iter_vertex(path: Path, variable: str) -> tuple[GridInfo, int, Iterator[LabelStep]]:
     ds = open_netcdf(path)
     try:
@@ -96,9 +103,7 @@ def _iter_vertex(path: Path, variable: str) -> tuple[GridInfo, int, Iterator[Lab
         lon = np.asarray(ds["lon"].values if "lon" in ds else [], np.float64)
         grid = GridInfo("vertex", lat, lon, "lat", "lon")
         steps_count = ds.sizes[time_dim] if time_dim in var.dims else 1
-        times: list[str | None] = [None] * steps_count
-        if time_dim in ds.variables and np.issubdtype(ds[time_dim].dtype, np.datetime64):
-            times = [str(np.datetime_as_string(v, unit="s")) for v in ds[time_dim].values]
+        times = _vertex_times(ds, time_dim, steps_count)
     except BaseException:
         ds.close()
         raise
@@ -126,3 +131,15 @@ def open_labels(path: str | os.PathLike, variable: str, level: int) -> tuple[Gri
             raise DataFileError(path, f"not in the file; it has the variables: {available}", variable)
         on_vertices = VERTEX_DIM in ds[variable].dims
     return _iter_vertex(path, variable) if on_vertices else _iter_latlon(path, variable, level)
+
+
+def label_times(path: str | os.PathLike, variable: str) -> list[str | None]:
+    """ISO time of every step of the labels in `path` (None where the file has none), read
+    without the labels: the event run needs the whole series' time step before it tracks."""
+    path = Path(path)
+    with open_netcdf(path) as ds:
+        if variable in ds.data_vars and VERTEX_DIM in ds[variable].dims:
+            time_dim = find_time_dim(ds, (VERTEX_DIM, VERTEX_DIM))
+            return _vertex_times(ds, time_dim, ds.sizes[time_dim] if time_dim in ds[variable].dims else 1)
+    with LatLonFile(path, (), variable) as data:
+        return list(data.times)

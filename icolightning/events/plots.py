@@ -1,7 +1,8 @@
 """Figures of the event tools: frequency maps and per-class histograms of event statistics.
 
 Same conventions as `icolightning.plots` (matplotlib object API, equirectangular 0-360 x +-90
-frame, TC red, AR blue).
+frame, vertex values as filled Voronoi cells, coastlines when the `maps` extra is installed,
+TC red, AR blue).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from icolightning.classes import CLASS_COLOURS
-from icolightning.plots import wrapped_field
+from icolightning.plots import draw_coastlines, latlon_frame, voronoi_raster
 
 HISTOGRAMS = {
     "area": ("events", "area_km2", "event area (km²)"),
@@ -41,12 +42,11 @@ def save_frequency_maps(path: str | Path, kind: str, lat: np.ndarray, lon: np.nd
     axes = np.atleast_1d(fig.subplots(len(class_names), 1))
     for ax, name, values in zip(axes, class_names, frequency, strict=True):
         if kind == "latlon":
-            order = np.argsort(np.mod(lon, 360.0))
-            image = ax.pcolormesh(np.mod(lon, 360.0)[order], lat, values[:, order], shading="nearest",
-                                  cmap="magma", vmin=0, rasterized=True)
-        else:
-            triangulation, wrapped = wrapped_field(lat, lon, values)
-            image = ax.tripcolor(triangulation, wrapped, shading="gouraud", cmap="magma", vmin=0, rasterized=True)
+            lat_edges, lon_edges, (cells,) = latlon_frame(lat, lon, values)
+        else:  # filled Voronoi cells of the vertices
+            lat_edges, lon_edges, cells = voronoi_raster(lat, lon, values)
+        image = ax.pcolormesh(lon_edges, lat_edges, cells, cmap="magma", vmin=0, rasterized=True)
+        draw_coastlines(ax, "0.75")  # visible on dark and bright cells of the colour map
         ax.set(xlim=(0, 360), ylim=(-90, 90), xlabel="longitude (°E)", ylabel="latitude (°)",
                title=f"{name}: fraction of time steps inside an event")
         ax.set_xticks(np.arange(0, 361, 60))

@@ -14,6 +14,13 @@ vertex (sharing a vertex implies the same class). Merges and splits:
 * split - when several events continue the same previous event, the largest (by area; ties:
   the lower event id) keeps its track and the others start new tracks.
 
+*Time*: with a maximum gap (``max_gap_hours``), an event links only to the step before when
+both steps have a time and they are at most that far apart; a longer gap (another file of
+another season, missing steps) starts new tracks. `default_max_gap_hours` picks 1.5 × the
+median step, so one missing step breaks a track but the usual time step never does, and at most
+a day: overlap tracking of storms and rivers means nothing across longer gaps, so files of
+scattered dates (ClimateNet's single-step files) give one track per event.
+
 `EventTracker` takes one step at a time, so arbitrarily long series stream through it.
 """
 
@@ -32,6 +39,27 @@ from icolightning.grid import IcoGrid
 
 EARTH_RADIUS_KM = 6371.0
 EVENT_COLUMNS = ("time", "event", "track", "class", "area_km2", "lat", "lon", "vertices")
+GAP_FACTOR = 1.5
+"""The default maximum gap between linked steps, in median time steps ..."""
+GAP_CAP_HOURS = 24.0
+"""... and never more than this (daily data still links)."""
+
+
+def _hours(times: Sequence[object]) -> np.ndarray:
+    """Times (ISO strings, datetimes or None) → hours since the epoch, NaN where unknown."""
+    stamps = pd.to_datetime(pd.Series(list(times), dtype=object), errors="coerce")
+    return ((stamps - pd.Timestamp(0)).dt.total_seconds() / 3600.0).to_numpy(dtype=np.float64)
+
+
+def default_max_gap_hours(times: Sequence[object]) -> float | None:
+    """min(1.5 × the median positive step between known consecutive times, 24 h); with no such
+    step (one time, or none known) 24 h when a time is known, else None (no limit)."""
+    hours = _hours(times)
+    steps = np.diff(hours)
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    if steps.size:
+        return float(min(GAP_FACTOR * np.median(steps), GAP_CAP_HOURS))
+    return GAP_CAP_HOURS if np.isfinite(hours).any() else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,8 +106,12 @@ class _Step:
 class EventTracker:
     """Finds the events of successive time steps of one series and links them into tracks."""
 
-    def __init__(self, level: int, classes: Sequence[int] = (1, 2)) -> None:
+    def __init__(self, level: int, classes: Sequence[int] = (1, 2), max_gap_hours: float | None = None) -> None:
+        if max_gap_hours is not None and not max_gap_hours > 0:
+            raise ValueError(f"max_gap_hours must be positive, got {max_gap_hours}")
         self.level = int(level)
+        self.max_gap_hours = max_gap_hours
+        self._previous_hours = float("nan")
         self.classes = tuple(int(c) for c in classes)
         grid = IcoGrid(self.level)
         self._areas_km2 = grid.areas * EARTH_RADIUS_KM**2
@@ -93,8 +125,11 @@ class EventTracker:
         self._next_track += 1
         return self._next_track - 1
 
-    def update(self, labels: np.ndarray, time: int | None = None) -> list[dict]:
-        """Events of one step of labels [N]; returns one row (dict of EVENT_COLUMNS) per event."""
+    def update(self, labels: np.ndarray, time: int | None = None, when: object = None) -> list[dict]:
+        """Events of one step of labels [N]; returns one row (dict of EVENT_COLUMNS) per event.
+
+        ``when`` (ISO string or datetime, optional) is the step's time, checked against
+        ``max_gap_hours``."""
         labels = np.asarray(labels)
         if labels.shape != self._areas_km2.shape:
             raise ValueError(f"labels must have {self._areas_km2.size} vertices (level {self.level}), "
@@ -119,8 +154,11 @@ class EventTracker:
                              "vertices": int(size[k])})
             self._next_event += count
         step = _Step(owner, area={row["event"]: row["area_km2"] for row in rows})
+        hours = float(_hours([when])[0])
+        if self.max_gap_hours is not None and hours - self._previous_hours > self.max_gap_hours:
+            self._previous = None  # too long ago: nothing continues
         self._link(step, rows)
-        self._previous = step
+        self._previous, self._previous_hours = step, hours
         return rows
 
     def _link(self, step: _Step, rows: list[dict]) -> None:
@@ -148,22 +186,27 @@ class EventTracker:
 
 
 def find_events(
-    labels: np.ndarray, level: int, classes: Sequence[int] = (1, 2), times: Sequence[object] | None = None
+    labels: np.ndarray, level: int, classes: Sequence[int] = (1, 2), times: Sequence[object] | None = None,
+    max_gap_hours: float | None = None,
 ) -> pd.DataFrame:
     """Events of integer labels [T, N] on the level's vertices: one row per event per step.
 
     Columns: time (step index), event (unique id), track, class, area_km2, lat, lon, vertices,
-    plus `datetime` when `times` (one per step) is given.
+    plus `datetime` when `times` (one per step) is given. With times, steps further apart than
+    ``max_gap_hours`` (default `default_max_gap_hours(times)`; ``inf``: no limit) are not linked.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be [T, N], got shape {labels.shape}")
-    tracker = EventTracker(level, classes)
-    rows = [row for step in labels for row in tracker.update(step)]
+    if times is not None and len(times) != len(labels):
+        raise ValueError(f"{len(times)} times for {len(labels)} steps")
+    if times is not None and max_gap_hours is None:
+        max_gap_hours = default_max_gap_hours(times)
+    tracker = EventTracker(level, classes, max_gap_hours)
+    whens = [None] * len(labels) if times is None else list(times)
+    rows = [row for step, when in zip(labels, whens, strict=True) for row in tracker.update(step, when=when)]
     table = events_frame(rows)
     if times is not None:
-        if len(times) != len(labels):
-            raise ValueError(f"{len(times)} times for {len(labels)} steps")
         table["datetime"] = pd.to_datetime([times[t] for t in table["time"]])
     return table
 

@@ -25,10 +25,18 @@ import pandas as pd
 import xarray as xr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.ugrid import add_mesh
 from icolightning.classes import CLASSES
 from icolightning.errors import DataFileError
-from icolightning.events.files import GridInfo, open_labels
-from icolightning.events.tracking import DetectionCounts, EventTracker, detection_counts, events_frame, summarize_tracks
+from icolightning.events.files import GridInfo, label_times, open_labels
+from icolightning.events.tracking import (
+    DetectionCounts,
+    EventTracker,
+    default_max_gap_hours,
+    detection_counts,
+    events_frame,
+    summarize_tracks,
+)
 from icolightning.grid import level_of
 
 
@@ -39,8 +47,11 @@ def _number(value: float) -> float | None:
 class EventRun:
     """Accumulates events, frequencies and detection counts over any number of files."""
 
-    def __init__(self, level: int, classes: Mapping[int, str], progress: bool = True) -> None:
+    def __init__(self, level: int, classes: Mapping[int, str], progress: bool = True,
+                 max_gap_hours: float | None = None) -> None:
         self.level = int(level)
+        self.max_gap_hours = max_gap_hours
+        """Steps further apart are not linked into one track; None: 1.5 times the inputs' median step, at most 24 h."""
         self.classes = dict(classes)
         self.progress = progress
         self.grid: GridInfo | None = None
@@ -56,7 +67,7 @@ class EventRun:
             self.grid = grid
             if grid.kind == "vertex":
                 self.level = level_of(first_step.size)
-            self.tracker = EventTracker(self.level, tuple(self.classes))
+            self.tracker = EventTracker(self.level, tuple(self.classes), self.max_gap_hours)
         elif not grid.same_as(self.grid):
             raise DataFileError(path, "is on another grid than the first input; all inputs must share one grid")
 
@@ -66,6 +77,8 @@ class EventRun:
         from tqdm.auto import tqdm
 
         classes = tuple(self.classes)
+        if self.max_gap_hours is None:
+            self.max_gap_hours = default_max_gap_hours([t for path in inputs for t in label_times(path, variable)])
         with tqdm(desc="finding events", unit="step", disable=not self.progress) as bar:
             for i, path in enumerate(inputs):
                 grid, count, steps = open_labels(path, variable, self.level)
@@ -75,7 +88,7 @@ class EventRun:
                         self._start(path, grid, step.vertices)
                         if truth is not None:
                             truth_steps = self._open_truth(truth[i], truth_variable, count)
-                    for row in self.tracker.update(step.vertices, self.steps):
+                    for row in self.tracker.update(step.vertices, self.steps, step.time):
                         self.rows.append({**row, "file": path.name, "datetime": step.time})
                     hits = np.stack([step.native == cls for cls in classes])
                     self.frequency = hits.astype(np.int64) if self.frequency is None else self.frequency + hits
@@ -121,7 +134,7 @@ class EventRun:
 
     def summary(self) -> dict:
         events = events_frame(self.rows)
-        out: dict = {"steps": self.steps, "level": self.level}
+        out: dict = {"steps": self.steps, "level": self.level, "max_gap_hours": self.max_gap_hours}
         for cls, name in self.classes.items():
             mine = events[events["class"] == cls]
             out[f"events_{name}"] = len(mine)
@@ -152,12 +165,16 @@ class EventRun:
     def _write_frequency(self, path: Path) -> None:
         grid, dims = self.grid, self._frequency_dims()
         fraction = self.frequency / max(self.steps, 1)
-        coords = ({"lat": ("vertex", grid.lat), "lon": ("vertex", grid.lon)} if grid.kind == "vertex"
+        coords = ({"lat": ("vertex", grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
+                   "lon": ("vertex", grid.lon, {"units": "degrees_east", "standard_name": "longitude"})}
+                  if grid.kind == "vertex"
                   else {grid.lat_dim: grid.lat, grid.lon_dim: grid.lon})
         ds = xr.Dataset(coords=coords, attrs={"title": "icolightning-events: event frequency", "steps": self.steps})
         for values, name in zip(fraction, self.classes.values(), strict=True):
             ds[f"{name}_frequency"] = xr.DataArray(values.astype(np.float32), dims=dims, attrs={
                 "long_name": f"fraction of the {self.steps} time steps inside a {name} event", "units": "1"})
+        if grid.kind == "vertex":
+            ds = add_mesh(ds, self.level)
         with atomic_path(path) as tmp:
             ds.to_netcdf(tmp, engine="netcdf4")
 

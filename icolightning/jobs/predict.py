@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
+import xarray as xr
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -23,10 +24,9 @@ from datamodules.io.netcdf import list_netcdf
 from datamodules.io.prediction import PredictionSource, PredictionWriter
 from datamodules.samplers import UnpaddedDistributedSampler
 from icolightning.errors import CheckpointError, DataFileError
-from icolightning.grid import IcoGrid
 from icolightning.lightning import load_module
 from icolightning.lightning.segmentation import SegmentationModule
-from icolightning.plots import background_channel, save_mask_maps
+from icolightning.plots import background_channel, save_latlon_prediction_map
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class PredictOptions:
 def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: PredictOptions) -> Path:
     """Predict one file slab by slab (memory does not grow with its number of time steps)."""
     stats = model.data_stats
-    channel = background_channel(stats["variables"])
+    variables = list(stats["variables"])
+    channel = background_channel(variables)
     target = out_dir / f"{path.stem}_prediction.nc"
     counts = np.zeros(len(model.class_names), dtype=np.int64)
     nan_vertices: dict[str, int] = {}
@@ -79,14 +80,33 @@ def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: 
             counts += np.bincount(labels.reshape(-1).numpy(), minlength=len(counts))
             for name, missing in inputs.nan_vertices.items():
                 nan_vertices[name] = nan_vertices.get(name, 0) + missing
-            if options.plots and start == 0:
-                save_mask_maps(target.with_suffix(".png"), IcoGrid(int(stats["level"])).latlon, labels[:1].numpy(),
-                               model.class_names, background=inputs.x[:1, channel].numpy(),
-                               title=f"{path.name}: predicted classes (first time step)")
+    if options.plots:
+        save_prediction_figure(target, path, variables[channel], source.grid.lat_dim, source.grid.lon_dim,
+                               model.class_names)
     if any(nan_vertices.values()):
         log.warning("%s: vertices without data (set to the training mean): %s", path, nan_vertices)
     log.info("%s -> %s (%d time steps, classes %s)", path, target, source.grid.num_times, counts.tolist())
     return target
+
+
+def _first_step(var: xr.DataArray, lat_dim: str, lon_dim: str) -> np.ndarray:
+    """[nlat, nlon] of the first step (first index of every other dimension)."""
+    return var.isel({d: 0 for d in var.dims if d not in (lat_dim, lon_dim)}).transpose(lat_dim, lon_dim).values
+
+
+def save_prediction_figure(target: Path, source: Path, variable: str, lat_dim: str, lon_dim: str,
+                           class_names: list[str]) -> Path:
+    """`<name>_prediction.png`: the written file's first step on its lat-lon grid, as users read it
+    back: LABELS filled per cell, the predicted class's probability as opacity, `variable` underneath."""
+    with xr.open_dataset(target) as out, xr.open_dataset(source) as inp:
+        labels = _first_step(out["LABELS"], lat_dim, lon_dim).astype(np.int64)
+        probs = out["PROBABILITIES"].isel({d: 0 for d in out["PROBABILITIES"].dims
+                                           if d not in ("class", lat_dim, lon_dim)})
+        probs = probs.transpose("class", lat_dim, lon_dim).values
+        chosen = np.take_along_axis(probs, labels[None], axis=0)[0]
+        return save_latlon_prediction_map(target.with_suffix(".png"), out[lat_dim].values, out[lon_dim].values,
+                                          labels, class_names, chosen, _first_step(inp[variable], lat_dim, lon_dim),
+                                          f"{source.name}: predicted classes (first time step) over {variable}")
 
 
 def _only_item(items: list[Path]) -> Path:

@@ -27,6 +27,9 @@ class SegmentationModule(IcoTask):
             `inverse_frequency_weights`), "ce", "jaccard" or "dice".
         class_weight_power: exponent of the inverse-frequency weights.
         ap_bins: score bins (thresholds) of the binned average precision.
+        metrics: options of the climate metrics; ``weighting``: "area" (default: each vertex
+            weighted by its Voronoi cell, so IoU is a fraction of the Earth's surface) or
+            "vertex" (every vertex counts once). Both are reported; see `ClimateMetrics`.
         Remaining arguments: see `IcoTask`.
     """
 
@@ -38,6 +41,7 @@ class SegmentationModule(IcoTask):
         loss: str = "weighted_ce",
         class_weight_power: float = 1.0,
         ap_bins: int = 1000,
+        metrics: Mapping[str, Any] | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         compile: bool | str = False,
@@ -49,7 +53,7 @@ class SegmentationModule(IcoTask):
         self.class_names = list(class_names)
         self.register_buffer("class_weights", torch.ones(len(self.class_names)))
         metric_args = {"class_names": self.class_names, "event_classes": list(event_classes),
-                       "ap_bins": ap_bins}
+                       "ap_bins": ap_bins, "weighting": dict(metrics or {}).get("weighting", "area")}
         self.val_metrics = ClimateMetrics(**metric_args)
         self.test_metrics = ClimateMetrics(**metric_args)
         self.val_loss = SplitLoss(loss, len(self.class_names))
