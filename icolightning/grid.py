@@ -24,6 +24,14 @@ from scipy.spatial import cKDTree
 
 NUM_CHARTS = 5
 ORIENTATIONS = 6
+NUM_CORNERS = 12
+"""The 12 degree-5 vertices, in `IcoGrid.corners` order: the chart corners first, then the poles."""
+CHART_CORNERS = 10
+"""Corners inside the charts (two per chart): slots 0-9 of every 12-corner table."""
+NUM_POLES = NUM_CORNERS - CHART_CORNERS
+"""North and south pole: slots 10 and 11, outside every chart."""
+CORNER_NEIGHBOURS = 5
+"""Neighbours of a corner (its degree)."""
 HEX_OFFSETS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (1, 0), (0, -1), (-1, -1), (-1, 0))
 """(dh, dw) of the six hex neighbours, counter-clockwise from the frame direction."""
 

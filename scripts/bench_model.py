@@ -11,7 +11,9 @@ networks run in both layouts (NCHW and channels-last); the ratio is taken agains
 
     python scripts/bench_model.py                    # levels 4 and 5 (about 1-2 min on 2 quiet cores)
     python scripts/bench_model.py --level 4 5 6      # + level 6 (several minutes more on a CPU)
-    python scripts/bench_model.py --threads 1 --clock cpu   # steadier on a shared machine
+    python scripts/bench_model.py --threads 1 --clock cpu   # one thread count only; CPU clock, steadier when shared
+    python scripts/bench_model.py --compile          # torch.compile'd networks, with each one's compile time
+    python scripts/bench_model.py --allocator default   # glibc's own mmap/trim (freed blocks refaulted each step)
     python scripts/bench_model.py --device cuda --dtype bfloat16
     python scripts/bench_model.py --profile          # + convolution time vs everything else, per network
     python scripts/bench_model.py --model unet --icocnn ~/src/icoCNN   # + the U-Net built from icoCNN's layers
@@ -30,6 +32,7 @@ import argparse
 import copy
 import importlib
 import os
+import resource
 import statistics
 import sys
 import time
@@ -174,19 +177,22 @@ def training_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Ca
 
 
 def interleaved(steps: list[Callable[[], None]], repeats: int, device: torch.device,
-                clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Median seconds of each step, run in turn so that all see the same machine state."""
+                clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """Median seconds of each step, run in turn so that all see the same machine state, and the median
+    kernel (sys) seconds of each: page faults of freshly mapped memory show there."""
     for step in steps:
         step()
     times: list[list[float]] = [[] for _ in steps]
+    kernel: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
-        for step, record in zip(steps, times, strict=True):
+        for step, record, sys_record in zip(steps, times, kernel, strict=True):
             _sync(device)
-            start = clock()
+            start, sys_start = clock(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
             step()
             _sync(device)
             record.append(clock() - start)
-    return [statistics.median(t) for t in times]
+            sys_record.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start)
+    return [statistics.median(t) for t in times], [statistics.median(t) for t in kernel]
 
 
 def _case(task: str, level: int, batch: int, device: torch.device, dtype: torch.dtype
@@ -242,9 +248,23 @@ def _icocnn_case(ico_cnn: ModuleType, level: int, batch: int, device: torch.devi
     return model.to(device, dtype), x, target
 
 
-def _row(name: str, level: int, seconds: float, nchw_s: float, nhwc_s: float, mb: float, planar_mb: float) -> str:
+def _row(name: str, level: int, seconds: float, nchw_s: float, nhwc_s: float, mb: float, planar_mb: float,
+         sys_s: float) -> str:
     return (f"{name:<14}{level:>6}{seconds * 1e3:>10.1f}{nchw_s * 1e3:>10.1f}{nhwc_s * 1e3:>10.1f}"
-            f"{seconds / min(nchw_s, nhwc_s):>8.2f}{mb:>9.1f}{planar_mb:>11.1f}{mb / planar_mb:>10.2f}")
+            f"{seconds / min(nchw_s, nhwc_s):>8.2f}{mb:>9.1f}{planar_mb:>11.1f}{mb / planar_mb:>10.2f}"
+            f"{sys_s * 1e3:>9.1f}")
+
+
+HEADER = (f"{'model':<14}{'level':>6}{'ico ms':>10}{'NCHW ms':>10}{'NHWC ms':>10}{'time x':>8}"
+          f"{'ico MB':>9}{'planar MB':>11}{'memory x':>10}{'sys ms':>9}")
+
+
+def compiled(model: nn.Module, step_of: Callable[[nn.Module], Callable[[], None]]) -> tuple[Callable[[], None], float]:
+    """The training step of `torch.compile(model)` and the seconds its first call took (the compile)."""
+    step = step_of(torch.compile(model))
+    start = time.perf_counter()
+    step()
+    return step, time.perf_counter() - start
 
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
@@ -267,18 +287,61 @@ def split_by_convolution(step: Callable[[], None]) -> tuple[float, float]:
     return conv / 1e3, other / 1e3
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", type=int, nargs="*", default=[4, 5])
     parser.add_argument("--model", nargs="*", choices=["unet", "classifier"], default=["unet", "classifier"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per network (median)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile'd networks (and print each network's compile time)")
     parser.add_argument("--icocnn", metavar="PATH", default=None,
                         help="also time the U-Net built from icoCNN's layers, imported from the checkout at PATH "
                              "(unet model only, float32; icoCNN needs einops on the path)")
     parser.add_argument("--profile", action="store_true",
                         help="also split one step of each network into convolution and everything else")
-    add_runtime_args(parser, ["float32", "bfloat16", "float16"])
+    add_runtime_args(parser, ["float32", "bfloat16", "float16"], thread_sweep=True)
+    return parser
+
+
+def _steps(task: str, level: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+           ico_cnn: ModuleType | None) -> list[Callable[[], None]]:
+    """[ico, planar NCHW, planar NHWC, (icoCNN)] training steps; compiled ones print their compile time."""
+    ico, planar, x, images, ico_target, planar_target = _case(task, level, args.batch, device, dtype)
+    planar_cl = copy.deepcopy(planar).to(memory_format=torch.channels_last)
+    images_cl = images.contiguous(memory_format=torch.channels_last)
+    cases = [(ico, x, ico_target), (planar, images, planar_target), (planar_cl, images_cl, planar_target)]
+    if task == "unet" and ico_cnn is not None:
+        cases.append(_icocnn_case(ico_cnn, level, args.batch, device, dtype))
+    if not args.compile:
+        return [training_step(*case) for case in cases]
+    steps = []
+    for name, (model, inputs, target) in zip(("ico", "planar NCHW", "planar NHWC", "icoCNN"), cases, strict=False):
+        step, seconds = compiled(model, lambda m, i=inputs, t=target: training_step(m, i, t))
+        print(f"  compile {task} level {level} {name}: {seconds:.1f} s", flush=True)
+        steps.append(step)
+    return steps
+
+
+def _measure(task: str, level: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+             clock: Callable[[], float], ico_cnn: ModuleType | None) -> None:
+    steps = _steps(task, level, args, device, dtype, ico_cnn)
+    (ico_s, nchw_s, nhwc_s, *icocnn_s), (ico_sys, *_) = interleaved(steps, args.repeats, device, clock)
+    planar_step = steps[1] if nchw_s <= nhwc_s else steps[2]
+    ico_mb, planar_mb, *icocnn_mb = (peak_bytes(s, device) / 2**20 for s in [steps[0], planar_step, *steps[3:]])
+    print(_row(task, level, ico_s, nchw_s, nhwc_s, ico_mb, planar_mb, ico_sys), flush=True)
+    for seconds, mb in zip(icocnn_s, icocnn_mb, strict=True):
+        print(_row("icoCNN U-Net", level, seconds, nchw_s, nhwc_s, mb, planar_mb, float("nan")), flush=True)
+    if args.profile:
+        layout = "NCHW" if planar_step is steps[1] else "NHWC"
+        for name, step in ((task, steps[0]), (f"planar {layout}", planar_step)):
+            conv, other = split_by_convolution(step)
+            print(f"  profile {name:<12} convolutions {conv:9.1f} ms, everything else {other:9.1f} ms "
+                  f"({100 * conv / (conv + other):.0f} % convolutions)", flush=True)
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.icocnn is not None and "unet" not in args.model:
         parser.error("--icocnn times the U-Net only: add unet to --model")
@@ -286,33 +349,16 @@ def main() -> None:
         parser.error("--icocnn times float32 only (icoCNN's UnPoolIco builds float32 buffers)")
     ico_cnn = load_icocnn(args.icocnn) if args.icocnn is not None else None
     device, dtype, clock = runtime(args)
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} "
-          f"clock={args.clock} training step (forward + backward), median of {args.repeats}; load average {load}")
-    print(f"{'model':<14}{'level':>6}{'ico ms':>10}{'NCHW ms':>10}{'NHWC ms':>10}{'time x':>8}"
-          f"{'ico MB':>9}{'planar MB':>11}{'memory x':>10}")
-    for task in args.model:
-        for level in args.level:
-            ico, planar, x, images, ico_target, planar_target = _case(task, level, args.batch, device, dtype)
-            planar_cl = copy.deepcopy(planar).to(memory_format=torch.channels_last)
-            images_cl = images.contiguous(memory_format=torch.channels_last)
-            steps = [training_step(ico, x, ico_target), training_step(planar, images, planar_target),
-                     training_step(planar_cl, images_cl, planar_target)]
-            if task == "unet" and ico_cnn is not None:
-                steps.append(training_step(*_icocnn_case(ico_cnn, level, args.batch, device, dtype)))
-            ico_s, nchw_s, nhwc_s, *icocnn_s = interleaved(steps, args.repeats, device, clock)
-            planar_step = steps[1] if nchw_s <= nhwc_s else steps[2]
-            ico_mb, planar_mb, *icocnn_mb = (peak_bytes(s, device) / 2**20
-                                             for s in [steps[0], planar_step, *steps[3:]])
-            print(_row(task, level, ico_s, nchw_s, nhwc_s, ico_mb, planar_mb), flush=True)
-            for seconds, mb in zip(icocnn_s, icocnn_mb, strict=True):
-                print(_row("icoCNN U-Net", level, seconds, nchw_s, nhwc_s, mb, planar_mb), flush=True)
-            if args.profile:
-                layout = "NCHW" if planar_step is steps[1] else "NHWC"
-                for name, step in ((task, steps[0]), (f"planar {layout}", planar_step)):
-                    conv, other = split_by_convolution(step)
-                    print(f"  profile {name:<12} convolutions {conv:9.1f} ms, everything else {other:9.1f} ms "
-                          f"({100 * conv / (conv + other):.0f} % convolutions)", flush=True)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        print(f"device={device} dtype={args.dtype} threads={threads} batch={args.batch} clock={args.clock} "
+              f"allocator={args.allocator} compile={args.compile} training step (forward + backward), "
+              f"median of {args.repeats}; load average {load}")
+        print(HEADER)
+        for task in args.model:
+            for level in args.level:
+                _measure(task, level, args, device, dtype, clock, ico_cnn)
 
 
 if __name__ == "__main__":

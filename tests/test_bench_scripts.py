@@ -98,7 +98,7 @@ def test_icocnn_unet_is_built_timed_and_printed_from_a_checkout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(log.read_text().splitlines()) == EXPECTED_LAYERS
     unet, icocnn = (_numbers(done.stdout, name) for name in ("unet", "icoCNN U-Net"))
-    level, ms, nchw, nhwc, ratio, mb, planar_mb, memory = icocnn
+    level, ms, nchw, nhwc, ratio, mb, planar_mb, memory, _sys = icocnn
     convolutions = sum(layer.startswith("ConvIco") for layer in EXPECTED_LAYERS)
     assert level == 2 and ms >= 1e3 * SLEEP_S * convolutions and mb > 0  # the fake's own step was timed
     assert (nchw, nhwc, planar_mb) == (unet[2], unet[3], unet[6])  # the same planar run

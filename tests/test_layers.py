@@ -127,6 +127,20 @@ def test_hex_pool_is_equivariant(mode, orientations):
     assert max_equivariance_error(signal_fn(pool), 2, 1, _input(2, 3, orientations)) < TOL
 
 
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_hex_pool_reduces_each_coarse_vertex_and_its_six_fine_neighbours(mode):
+    """Scalar input, every non-corner coarse vertex: the max / mean of the 7 fine vertices around it,
+    read off the grid's own neighbour rings (coarse vertices are the fine ones at the same place)."""
+    fine, coarse = IcoGrid(2), IcoGrid(1)
+    x = torch.randn(1, 1, 1, fine.num_vertices, dtype=torch.float64)
+    y = signal_fn(HexPool(2, mode))(x)[0, 0, 0]
+    same_place = np.abs(coarse.xyz @ fine.xyz.T - 1) < 1e-12
+    for v_coarse in np.flatnonzero(coarse.degree == 6):
+        v_fine = int(np.flatnonzero(same_place[v_coarse])[0])
+        values = x[0, 0, 0, [v_fine, *fine.neighbours(v_fine)]]
+        torch.testing.assert_close(y[v_coarse], values.amax() if mode == "max" else values.mean())
+
+
 @pytest.mark.parametrize("orientations", [1, 6])
 def test_upsampling_is_equivariant(orientations):
     up = IcoUpsample(1)

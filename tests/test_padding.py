@@ -136,7 +136,7 @@ def test_padding_operators_pass_torch_opcheck(level):
     signal = IcoSignal.from_vertices(torch.randn(2, 3, 6, grid.num_vertices, dtype=torch.float64))
     charts = signal.charts.detach().requires_grad_()
     poles = signal.poles.detach().contiguous().requires_grad_()
-    torch.library.opcheck(gauge_pad, (charts, poles, level, pad.tables()))
-    planes, patches, own, neighbours = gauge_pad(charts, poles, level, pad.tables())
+    torch.library.opcheck(gauge_pad, (charts, poles, level, *pad.op_args()))
+    planes, patches, own, neighbours = gauge_pad(charts, poles, level, *pad.op_args())
     grads = [torch.randn_like(t) for t in (planes, patches, own, neighbours)]
-    torch.library.opcheck(gauge_pad_backward, (*grads, level, pad.tables()))
+    torch.library.opcheck(gauge_pad_backward, (*grads, level, *pad.op_args()))

@@ -35,9 +35,10 @@ def check_levels(level: int, stages: int, model: str) -> None:
                          f"(needs level >= {stages - 1})")
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, level: int | None = None) -> nn.Module:
+    """The norm layer; a batch norm given the `level` also applies the ReLU and writes the padded buffer."""
     if kind == "batch":
-        return IcoBatchNorm(channels)
+        return IcoBatchNorm(channels) if level is None else IcoBatchNorm(channels, relu=True, pad_level=level)
     if kind == "layer":
         return IcoLayerNorm(channels)
     if kind == "none":
@@ -46,7 +47,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two (IcoConv -> norm -> ReLU) layers at one level; the first may change field type."""
+    """Two (IcoConv -> norm -> ReLU) layers at one level; the first may change field type. With batch
+    norm the ReLU runs inside the norm (fused, see `IcoBatchNorm`) and its slot holds an identity."""
 
     def __init__(self, in_channels: int, out_channels: int, level: int, in_rep: str, rep: str,
                  norm: str = "batch", dropout: float = 0.0) -> None:
@@ -55,8 +57,8 @@ class ConvBlock(nn.Sequential):
             layers += [
                 IcoConv(in_channels if k == 0 else out_channels, out_channels, level,
                         in_rep if k == 0 else rep, rep, bias=norm == "none"),
-                _norm(norm, out_channels),
-                IcoPointwise(nn.ReLU()),
+                _norm(norm, out_channels, level),
+                nn.Identity() if norm == "batch" else IcoPointwise(nn.ReLU()),
             ]
         if dropout:
             layers.append(IcoDropout(dropout))

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icolightning.grid import HEX_OFFSETS, ORIENTATIONS, IcoGrid
+from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, ORIENTATIONS, IcoGrid
 from icolightning.nn.layout import charts_view, planes
 from icolightning.nn.padding import GaugePad, Padded
 from icolightning.nn.signal import IcoSignal, rep_size
 from icolightning.nn.tables import corner_table, kernel_expansion
 
 _CENTRE = 4
+_TAPS_3X3 = 9
 _TAP_POSITION = [(dh + 1) * 3 + (dw + 1) for dh, dw in HEX_OFFSETS]
 
 
@@ -65,7 +66,8 @@ class IcoConv(nn.Module):
         self.register_buffer("corner_tap", torch.tensor(_TAP_POSITION), persistent=False)
         out_corners = IcoGrid(level - stride + 1).chart_corner_pixels()
         self.register_buffer("out_corners", torch.as_tensor(out_corners), persistent=False)
-        pole_neighbours = np.unravel_index(corner_table(level).neighbours[10:], (5, *IcoGrid(level).chart_shape))
+        pole_neighbours = np.unravel_index(corner_table(level).neighbours[CHART_CORNERS:],
+                                           (NUM_CHARTS, *IcoGrid(level).chart_shape))
         self.register_buffer("pole_neighbours", torch.as_tensor(np.stack(pole_neighbours)), persistent=False)
         self.pad = GaugePad(level)
         self.reset_parameters()
@@ -74,7 +76,7 @@ class IcoConv(nn.Module):
         """He initialisation for the kernel the layer really applies: for unit-variance inputs an
         output channel's variance is C_in · var(w) · |E_0|², where E_0 maps the taps to output
         orientation 0's dense kernel (a scalar output averages 6 rotated copies, shrinking it)."""
-        per_orientation = self.in_orientations * 9
+        per_orientation = self.in_orientations * _TAPS_3X3
         expansion = self.expansion[:, :per_orientation] / self._expansion_scale
         gain = float(self.in_channels * expansion.square().sum())
         nn.init.normal_(self.weight, std=math.sqrt(2.0 / gain))
@@ -94,9 +96,10 @@ class IcoConv(nn.Module):
         return flat.view(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
 
     def _corner_outputs(self, padded: Padded, kernel: torch.Tensor) -> torch.Tensor:
-        """[B, C_out, 12]: output orientation 0's taps summed over the 6 directions, each applied
+        """[B, C_out, NUM_CORNERS]: output orientation 0's taps summed over the 6 directions, each applied
         to the mean of the corner's neighbours after rotating them to be relative to the corner."""
-        k0 = kernel.view(self.out_channels, self.out_orientations, self.in_channels, self.in_orientations, 9)[:, 0]
+        k0 = kernel.view(self.out_channels, self.out_orientations, self.in_channels, self.in_orientations,
+                        _TAPS_3X3)[:, 0]
         centre = k0[..., _CENTRE].sum(-1)
         ring = k0[:, :, self.corner_orient, self.corner_tap].sum(-1)
         aligned = padded.corner_neighbours.mean(-1)
@@ -119,7 +122,7 @@ class IcoConv(nn.Module):
 
         corners = self._corner_outputs(padded, kernel).to(y.dtype)
         rows = self.out_channels * self.out_orientations
-        wanted = corners[:, :, None, :10].expand(b, -1, self.out_orientations, -1).reshape(b, rows, 10)
+        wanted = corners[:, :, None, :CHART_CORNERS].expand(b, -1, self.out_orientations, -1).reshape(b, rows, -1)
         chart, h, w = self.out_corners.unbind(1)
         batch_chart = torch.arange(b, device=y.device)[:, None, None] * 5 + chart
         index = (batch_chart, torch.arange(rows, device=y.device)[:, None], h, w)
@@ -135,15 +138,15 @@ class IcoConv(nn.Module):
                 raw = raw + bias[:, None]
             y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
 
-        charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, 5, *y.shape[-2:], self.out_channels, -1))
-        poles = corners[:, :, None, 10:].expand(b, -1, self.out_orientations, -1).contiguous()
+        charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, NUM_CHARTS, *y.shape[-2:], self.out_channels, -1))
+        poles = corners[:, :, None, CHART_CORNERS:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
 
 
 def with_estimated_poles(charts: torch.Tensor, pole_neighbours: torch.Tensor) -> IcoSignal:
     """A chart tensor has no poles: give each pole the orientation mean of its 5 neighbours,
     whose (chart, h, w) are `pole_neighbours` [3, 2, 5]."""
-    if charts.dim() != 6 or charts.shape[3] != 5:
+    if charts.dim() != 6 or charts.shape[3] != NUM_CHARTS:
         raise ValueError(f"expected a chart tensor [B, C, R, 5, H, W], got {tuple(charts.shape)}")
     b, ch, r = charts.shape[:3]
     c, h, w = pole_neighbours

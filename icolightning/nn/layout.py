@@ -44,6 +44,12 @@ def planes(charts: torch.Tensor) -> torch.Tensor:
     return memory(charts).reshape(b * n, h, w, c * r).permute(0, 3, 1, 2)
 
 
+def from_planes(images: torch.Tensor, batch: int, orientations: int) -> torch.Tensor:
+    """[B, 5, H, W, C, R] memory-order view of a channels-last [B·5, C·R, H, W] image batch (`planes`' inverse)."""
+    n, cr, h, w = images.shape
+    return images.permute(0, 2, 3, 1).reshape(batch, n // batch, h, w, cr // orientations, orientations)
+
+
 def empty_planes(images: int, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """An uninitialised channels-last [images, channels, height, width] tensor."""
     return torch.empty((images, channels, height, width), dtype=like.dtype, device=like.device,

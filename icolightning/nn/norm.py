@@ -14,7 +14,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from icolightning.nn.fused import norm_relu_pad
 from icolightning.nn.layout import charts_view, memory
+from icolightning.nn.padding import GaugePad
 from icolightning.nn.signal import IcoSignal
 
 
@@ -42,11 +44,19 @@ class IcoBatchNorm(nn.Module):
 
     Parameters and buffers carry ``BatchNorm1d``'s names, so checkpoints keep their keys. The
     running variance is unbiased (n/(n-1)), as in torch.
+
+    ``relu`` applies a ReLU after the affine map. With ``pad_level`` (the level of the signals it
+    normalises) the training-mode output is written straight into the interior of a gauge-padded
+    buffer whose border is filled in the same step (`icolightning.nn.fused`): the next layer's
+    `GaugePad` then has nothing left to copy. Its padding tables are non-persistent buffers.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, sync: bool = False) -> None:
+                 track_running_stats: bool = True, sync: bool = False, relu: bool = False,
+                 pad_level: int | None = None) -> None:
         super().__init__()
+        self.relu = relu
+        self.pad = None if pad_level is None else GaugePad(pad_level)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.sync = sync
@@ -62,20 +72,35 @@ class IcoBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, sync={self.sync}")
+                f"track_running_stats={self.track_running_stats}, sync={self.sync}, relu={self.relu}")
 
     def forward(self, x: IcoSignal) -> IcoSignal:
-        if self.training or not self.track_running_stats:
-            syncing = self.training and self.sync and distributed_world(self.process_group) > 1
+        if not (self.training or not self.track_running_stats):
+            return self._rectified(self._with_running_stats(x))
+        syncing = self.training and self.sync and distributed_world(self.process_group) > 1
+        if self.pad is not None and not torch.compiler.is_compiling():
+            charts = memory(x.charts)
+            with torch.no_grad():
+                mean, var, count = batch_statistics(charts, x.poles, syncing, self.process_group)
+            stats = mean, torch.rsqrt(var + self.eps)
+            out = norm_relu_pad(charts, x.poles, self.weight, self.bias, stats, (count, syncing, self.process_group),
+                                self.relu, self.pad)
+        else:
             charts, poles, mean, var, count = _BatchNormFunction.apply(
                 memory(x.charts), x.poles, self.weight, self.bias, self.eps, syncing, self.process_group)
-            if self.training and self.track_running_stats:
-                with torch.no_grad():
-                    self.num_batches_tracked += 1
-                    unbiased = var * (count / max(count - 1, 1))
-                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-            return IcoSignal(charts_view(charts), poles)
+            out = self._rectified(IcoSignal(charts_view(charts), poles))
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                unbiased = var * (count / max(count - 1, 1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        return out
+
+    def _rectified(self, x: IcoSignal) -> IcoSignal:
+        return x.map(torch.relu) if self.relu else x
+
+    def _with_running_stats(self, x: IcoSignal) -> IcoSignal:
         scale = torch.rsqrt(self.running_var + self.eps)
         shift = -self.running_mean * scale
         if self.affine:
@@ -91,6 +116,61 @@ def _channel_sums(charts: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
     return charts.reshape(-1, c * r).sum(0).view(c, r).sum(1) + poles.sum((0, 2, 3))
 
 
+def batch_statistics(charts: torch.Tensor, poles: torch.Tensor, syncing: bool, group: object | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and (biased) variance of memory-order charts [..., C, R] and poles [B, C, R, 2]
+    together, in float32 or wider, summed over the ranks of `group` when `syncing`; and the count."""
+    acc = torch.promote_types(charts.dtype, torch.float32)
+    c = charts.shape[-2]
+    count = charts.numel() // c + poles.numel() // c
+    total = _channel_sums(charts.to(acc), poles.to(acc))
+    if syncing:
+        stats = torch.cat([total, total.new_tensor([count])])
+        dist.all_reduce(stats, group=group)
+        total, count = stats[:-1], int(stats[-1].item())
+    mean = total / count
+    centred = _channel_sums((charts.to(acc) - mean.view(c, 1)).square(), (poles.to(acc) - mean.view(c, 1, 1)).square())
+    if syncing:
+        dist.all_reduce(centred, group=group)
+    return mean, centred / count, count
+
+
+def affine_of(mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with normalised = scale · x + shift, per channel."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return scale, shift
+
+
+def batch_norm_grads(ctx, g_charts: torch.Tensor, g_poles: torch.Tensor, charts: torch.Tensor, poles: torch.Tensor,
+                     weight: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Closed-form batch-norm backward: input gradients of charts and poles, then weight's and bias's.
+    `ctx` carries count, syncing, group and needs_input_grad (weight at 2, bias at 3)."""
+    acc = mean.dtype
+    c = mean.shape[0]
+    g_charts, g_poles = g_charts.to(acc), g_poles.to(acc)
+    sum_g = _channel_sums(g_charts, g_poles)
+    sum_gx = _channel_sums(g_charts * charts.to(acc), g_poles * poles.to(acc))
+    sum_gxhat = (sum_gx - mean * sum_g) * invstd
+    grad_weight = sum_gxhat if weight is not None and ctx.needs_input_grad[2] else None
+    grad_bias = sum_g if ctx.needs_input_grad[3] else None
+    if ctx.syncing:
+        both = torch.cat([sum_g, sum_gxhat])
+        dist.all_reduce(both, group=ctx.group)
+        sum_g, sum_gxhat = both[:c], both[c:]
+    # grad_x = k (g - mean(g) - xhat mean(g xhat)) = k g + a x + b, per channel
+    k = invstd if weight is None else invstd * weight
+    a = -k * invstd * sum_gxhat / ctx.count
+    b = -k * sum_g / ctx.count - a * mean
+    dtype = charts.dtype
+    k, a, b = k.to(dtype), a.to(dtype), b.to(dtype)
+    grad_charts = torch.addcmul(b.view(c, 1), charts, a.view(c, 1)).addcmul_(g_charts.to(dtype), k.view(c, 1))
+    grad_poles = torch.addcmul(b.view(c, 1, 1), poles, a.view(c, 1, 1)).addcmul_(g_poles.to(dtype), k.view(c, 1, 1))
+    return grad_charts, grad_poles, grad_weight, grad_bias
+
+
 class _BatchNormFunction(torch.autograd.Function):
     """Batch norm over memory-order charts and poles with the closed-form backward.
 
@@ -102,23 +182,10 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, charts, poles, weight, bias, eps: float, syncing: bool, group):
-        acc = torch.promote_types(charts.dtype, torch.float32)
-        c = charts.shape[-2]
-        count = charts.numel() // c + poles.numel() // c
-        total = _channel_sums(charts.to(acc), poles.to(acc))
-        if syncing:
-            stats = torch.cat([total, total.new_tensor([count])])
-            dist.all_reduce(stats, group=group)
-            total, count = stats[:-1], int(stats[-1].item())
-        mean = total / count
-        centred = _channel_sums((charts.to(acc) - mean.view(c, 1)).square(),
-                                (poles.to(acc) - mean.view(c, 1, 1)).square())
-        if syncing:
-            dist.all_reduce(centred, group=group)
-        var = centred / count
+        mean, var, count = batch_statistics(charts, poles, syncing, group)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
+        scale, shift = affine_of(mean, invstd, weight, bias)
+        c = charts.shape[-2]
         scale_, shift_ = scale.to(charts.dtype), shift.to(charts.dtype)
         out_charts = torch.addcmul(shift_.view(c, 1), charts, scale_.view(c, 1))
         out_poles = torch.addcmul(shift_.view(c, 1, 1), poles, scale_.view(c, 1, 1))
@@ -131,28 +198,7 @@ class _BatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_charts, g_poles, _g_mean, _g_var, _g_count):
         charts, poles, weight, mean, invstd = ctx.saved_tensors
-        acc = mean.dtype
-        c = mean.shape[0]
-        g_charts, g_poles = g_charts.to(acc), g_poles.to(acc)
-        sum_g = _channel_sums(g_charts, g_poles)
-        sum_gx = _channel_sums(g_charts * charts.to(acc), g_poles * poles.to(acc))
-        sum_gxhat = (sum_gx - mean * sum_g) * invstd
-        grad_weight = sum_gxhat if weight is not None and ctx.needs_input_grad[2] else None
-        grad_bias = sum_g if ctx.needs_input_grad[3] else None
-        if ctx.syncing:
-            both = torch.cat([sum_g, sum_gxhat])
-            dist.all_reduce(both, group=ctx.group)
-            sum_g, sum_gxhat = both[:c], both[c:]
-        # grad_x = k (g - mean(g) - xhat mean(g xhat)) = k g + a x + b, per channel
-        k = invstd if weight is None else invstd * weight
-        a = -k * invstd * sum_gxhat / ctx.count
-        b = -k * sum_g / ctx.count - a * mean
-        dtype = charts.dtype
-        k, a, b = k.to(dtype), a.to(dtype), b.to(dtype)
-        grad_charts = torch.addcmul(b.view(c, 1), charts, a.view(c, 1)).addcmul_(g_charts.to(dtype), k.view(c, 1))
-        grad_poles = torch.addcmul(b.view(c, 1, 1), poles, a.view(c, 1, 1)).addcmul_(g_poles.to(dtype),
-                                                                                     k.view(c, 1, 1))
-        return grad_charts, grad_poles, grad_weight, grad_bias, None, None, None
+        return (*batch_norm_grads(ctx, g_charts, g_poles, charts, poles, weight, mean, invstd), None, None, None)
 
 
 def set_batchnorm_sync(module: nn.Module, sync: bool, process_group: object | None = None) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from icolightning.grid import NUM_CHARTS, IcoGrid
+from icolightning.grid import CHART_CORNERS, CORNER_NEIGHBOURS, NUM_CHARTS, NUM_CORNERS, NUM_POLES, IcoGrid
 from icolightning.nn.layout import empty_planes
 from icolightning.nn.signal import IcoSignal
 from icolightning.nn.tables import GaugePadRoutes, Route, gauge_pad_routes
@@ -36,11 +36,12 @@ class Padded(NamedTuple):
     buf: torch.Tensor
     """[B, C, R, 5, H+2, W+2] padded charts in the layout (`layout.planes` gives the conv input)."""
     patches: torch.Tensor
-    """[B, C, R, 10, 9] padded 3x3 neighbourhoods of the 10 chart corners (row-major)."""
+    """[B, C, R, CHART_CORNERS, 9] padded 3x3 neighbourhoods of the chart corners (row-major)."""
     corner_own: torch.Tensor
-    """[B, C, 12] orientation mean at each corner (10 chart corners, then N, S)."""
+    """[B, C, NUM_CORNERS] orientation mean at each corner (the chart corners, then N, S)."""
     corner_neighbours: torch.Tensor
-    """[B, C, R, 12, 5] each corner's neighbours, orientation channels aligned to the corner."""
+    """[B, C, R, NUM_CORNERS, CORNER_NEIGHBOURS] each corner's neighbours, orientation channels aligned to
+    the corner."""
 
 
 class _Route(NamedTuple):
@@ -113,14 +114,17 @@ def table_arrays(routes: GaugePadRoutes) -> dict[str, np.ndarray]:
     return arrays
 
 
-TABLE_NAMES = tuple(table_arrays(gauge_pad_routes(0)))
-
-
 class _Tables:
-    """The padding's tables by name, rebuilt from the flat list the custom ops receive."""
+    """The padding's tables by name. The custom ops receive them as `names` (comma-separated) and the
+    tensors in the same order, and rebuild the mapping here: no table is ever found by its position."""
 
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
-        self.__dict__.update(zip(TABLE_NAMES, tensors, strict=True))
+    def __init__(self, names: str, tensors: list[torch.Tensor]) -> None:
+        self.__dict__.update(zip(names.split(","), tensors, strict=True))
+
+    @staticmethod
+    def op_args(tables: dict[str, torch.Tensor]) -> tuple[str, list[torch.Tensor]]:
+        """(names, tensors) as the custom ops take them."""
+        return ",".join(tables), list(tables.values())
 
     def route(self, name: str) -> _Route:
         shift = getattr(self, f"{name}_shift")
@@ -130,39 +134,58 @@ class _Tables:
 # The padding is one opaque operator for torch.compile: traced inside a graph, its dozens of
 # strided views and small scatters took Inductor 80 s to compile per layer (level 2).
 @torch.library.custom_op("icolightning::gauge_pad", mutates_args=())
-def gauge_pad(charts: torch.Tensor, poles: torch.Tensor, level: int, tables: list[torch.Tensor]
+def gauge_pad(charts: torch.Tensor, poles: torch.Tensor, level: int, names: str, tables: list[torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """charts [B, C, R, 5, H, W], poles [B, C, R, 2] -> the padded charts as a channels-last
-    [B·5, C·R, H+2, W+2] image batch, then the corner rule's inputs (see `Padded`)."""
-    t = _Tables(tables)
+    [B·5, C·R, H+2, W+2] image batch, then the corner rule's inputs (see `Padded`); `names` names the
+    `tables` (see `_Tables`)."""
+    t = _Tables(names, tables)
     b, c, r, _, h, w = charts.shape
     planes = empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts)
     planes.view(b, NUM_CHARTS, c, r, h + 2, w + 2)[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
+    return (planes, *fill_border(planes, poles, level, t))
+
+
+def fill_border(planes: torch.Tensor, poles: torch.Tensor, level: int, t: _Tables
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fill the border of channels-last [B·5, C·R, H+2, W+2] planes whose interior holds the charts
+    (in place), and return the corner rule's inputs (patches, corner means, aligned neighbours)."""
+    b, r = poles.shape[0], poles.shape[2]
+    c = planes.shape[1] // r
+    h, w = planes.shape[-2] - 2, planes.shape[-1] - 2
     cells = _cells(planes, b, r)
     means = torch.cat([_read(cells, t.route("corner_pixels")).mean(3).transpose(1, 2), poles.mean(2)], dim=-1)
-    nb = _feature_last(_read(cells, t.route("neighbours")), 12, 5)
+    nb = _feature_last(_read(cells, t.route("neighbours")), NUM_CORNERS, CORNER_NEIGHBOURS)
     if level == 0:
         nb = torch.where(t.neighbour_is_corner, means[:, :, t.neighbour_slot].unsqueeze(2), nb)
     _by_strips(cells.view(b, NUM_CHARTS, h + 2, w + 2, c, r), _read(cells, t.route("strips")), add=False)
     corner_values = means[:, :, t.corner_cell_slot].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
     cells.index_copy_(1, t.corner_cells_cell, corner_values.contiguous())
     cells.index_fill_(1, t.unused_cells_cell, 0)
-    patches = _feature_last(_read(cells, t.route("patches")), 10, 9)
-    return planes, patches.contiguous(), means, nb.contiguous()
+    patches = _feature_last(_read(cells, t.route("patches")), CHART_CORNERS, 9)
+    return patches.contiguous(), means, nb.contiguous()
 
 
 @gauge_pad.register_fake
-def _(charts, poles, level, tables):
+def _(charts, poles, level, names, tables):
     b, c, r, _, h, w = charts.shape
-    return (empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts), charts.new_empty(b, c, r, 10, 9),
-            charts.new_empty(b, c, 12), charts.new_empty(b, c, r, 12, 5))
+    return (empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts), *_corner_inputs_like(charts, b, c, r))
+
+
+def _corner_shapes(b: int, c: int, r: int) -> tuple[tuple[int, ...], ...]:
+    """Shapes of `Padded`'s patches, corner_own and corner_neighbours."""
+    return (b, c, r, CHART_CORNERS, 9), (b, c, NUM_CORNERS), (b, c, r, NUM_CORNERS, CORNER_NEIGHBOURS)
+
+
+def _corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torch.Tensor]:
+    return [like.new_empty(shape) for shape in _corner_shapes(b, c, r)]
 
 
 @torch.library.custom_op("icolightning::gauge_pad_backward", mutates_args=())
 def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: torch.Tensor, g_nb: torch.Tensor,
-                       level: int, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                       level: int, names: str, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of `gauge_pad`: the charts' as a channels-last [B·5, C·R, H, W] batch, the poles'."""
-    t = _Tables(tables)
+    t = _Tables(names, tables)
     b, c, r = g_patches.shape[:3]
     h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
     g_padded = _cells(g_planes, b, r)
@@ -181,20 +204,20 @@ def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: t
                     (t.neighbour_corner_slot, g_nb.index_select(1, t.neighbour_corner))):
         g_means = g_means.index_add(2, slot, g.sum(3).transpose(1, 2))
     per_orientation = g_means / r
-    corner_grad = per_orientation[:, :, :10].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
+    corner_grad = per_orientation[:, :, :CHART_CORNERS].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
     grad.index_copy_(1, t.corner_pixels_dst_cell, corner_grad.contiguous())
-    return interior, per_orientation[:, :, None, 10:].expand(b, c, r, 2).contiguous()
+    return interior, per_orientation[:, :, None, CHART_CORNERS:].expand(b, c, r, NUM_POLES).contiguous()
 
 
 @gauge_pad_backward.register_fake
-def _(g_planes, g_patches, g_own, g_nb, level, tables):
+def _(g_planes, g_patches, g_own, g_nb, level, names, tables):
     b, c, r = g_patches.shape[:3]
     h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
-    return empty_planes(b * NUM_CHARTS, c * r, h, w, g_planes), g_patches.new_empty(b, c, r, 2)
+    return empty_planes(b * NUM_CHARTS, c * r, h, w, g_planes), g_patches.new_empty(b, c, r, NUM_POLES)
 
 
 def _save_for_backward(ctx, inputs, output) -> None:
-    charts, _, ctx.level, tables = inputs
+    charts, _, ctx.level, ctx.names, tables = inputs
     ctx.charts_shape = charts.shape
     ctx.save_for_backward(*tables)
 
@@ -202,10 +225,10 @@ def _save_for_backward(ctx, inputs, output) -> None:
 def _backward(ctx, g_planes, g_patches, g_own, g_nb):
     b, c, r, n, h, w = ctx.charts_shape
     grads = [g if g is not None else torch.zeros(shape, dtype=g_planes.dtype, device=g_planes.device)
-             for g, shape in ((g_patches, (b, c, r, 10, 9)), (g_own, (b, c, 12)), (g_nb, (b, c, r, 12, 5)))]
-    interior, g_poles = gauge_pad_backward(g_planes, *grads, ctx.level, list(ctx.saved_tensors))
+             for g, shape in zip((g_patches, g_own, g_nb), _corner_shapes(b, c, r), strict=True)]
+    interior, g_poles = gauge_pad_backward(g_planes, *grads, ctx.level, ctx.names, list(ctx.saved_tensors))
     no_grads = [None] * len(ctx.saved_tensors)
-    return interior.view(b, n, c, r, h, w).permute(0, 2, 3, 1, 4, 5), g_poles, None, no_grads
+    return interior.view(b, n, c, r, h, w).permute(0, 2, 3, 1, 4, 5), g_poles, None, None, no_grads
 
 
 gauge_pad.register_autograd(_backward, setup_context=_save_for_backward)
@@ -226,17 +249,26 @@ class GaugePad(nn.Module):
         super().__init__()
         self.level = level
         self.chart_shape = IcoGrid(level).chart_shape
-        for name, values in table_arrays(gauge_pad_routes(level)).items():
+        arrays = table_arrays(gauge_pad_routes(level))
+        self.table_names = tuple(arrays)
+        for name, values in arrays.items():
             dtype = torch.bool if values.dtype == bool else torch.long
             self.register_buffer(name, torch.tensor(values, dtype=dtype), persistent=False)
 
-    def tables(self) -> list[torch.Tensor]:
-        return [getattr(self, name) for name in TABLE_NAMES]
+    def tables(self) -> dict[str, torch.Tensor]:
+        """The padding's tables (this module's index buffers) by name."""
+        return {name: getattr(self, name) for name in self.table_names}
+
+    def op_args(self) -> tuple[str, list[torch.Tensor]]:
+        """The tables as the custom ops `gauge_pad` and `gauge_pad_backward` take them: names, tensors."""
+        return _Tables.op_args(self.tables())
 
     def forward(self, x: IcoSignal) -> Padded:
         if x.level != self.level:
             raise ValueError(f"GaugePad for level {self.level} got a level-{x.level} signal")
-        planes, patches, own, neighbours = gauge_pad(x.charts, x.poles, self.level, self.tables())
+        if x.padded is not None:  # the layer before wrote the padded charts already
+            return x.padded
+        planes, patches, own, neighbours = gauge_pad(x.charts, x.poles, self.level, *self.op_args())
         b, c, r, n, h, w = x.charts.shape
         buf = planes.view(b, n, c, r, h + 2, w + 2).permute(0, 2, 3, 1, 4, 5)
         return Padded(buf, patches, own, neighbours)

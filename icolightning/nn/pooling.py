@@ -8,10 +8,11 @@ both directions work on the gauge-padded charts with plain strided slices.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from icolightning.grid import HEX_OFFSETS, IcoGrid
-from icolightning.nn.layout import charts_view, memory
+from icolightning.grid import CHART_CORNERS, NUM_POLES, IcoGrid
+from icolightning.nn.layout import charts_view, from_planes, memory, planes
 from icolightning.nn.padding import GaugePad
 from icolightning.nn.signal import IcoSignal
 
@@ -46,17 +47,30 @@ class HexPool(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         padded = self.pad(x)
-        buf = memory(padded.buf)
-        h, w = x.charts.shape[-2:]
-        windows = [buf[:, :, 1 + dh: 1 + dh + h: 2, 1 + dw: 1 + dw + w: 2] for dh, dw in ((0, 0), *HEX_OFFSETS)]
-        pooled = _reduce(torch.stack(windows, dim=-1), self.mode, -1)  # [B, 5, h, w, C, R], the layout
+        b, c, r, _, h, w = x.charts.shape
+        pooled = _hex_windows(planes(padded.buf), h, w, self.mode)  # [B·5, C·R, h/2, w/2] channels-last
         neighbourhood = torch.cat([padded.corner_own[..., None], padded.corner_neighbours.mean(2)], dim=-1)
         corners = _reduce(neighbourhood, self.mode, -1)
-        b, c, r = x.charts.shape[:3]
-        values = corners[:, :, :10].transpose(1, 2)[..., None].expand(b, 10, c, r)
+        values = corners[:, :, :CHART_CORNERS].transpose(1, 2)[..., None].expand(b, CHART_CORNERS, c, r)
+        pooled = from_planes(pooled, b, r)
         batch = torch.arange(b, device=pooled.device)[:, None]
         pooled = pooled.index_put((batch, self.out_c, self.out_h, self.out_w), values)
-        return IcoSignal(charts_view(pooled), corners[:, :, None, 10:].expand(b, c, r, 2).contiguous())
+        poles = corners[:, :, None, CHART_CORNERS:].expand(b, c, r, NUM_POLES).contiguous()
+        return IcoSignal(charts_view(pooled), poles)
+
+
+def _hex_windows(padded: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
+    """Stride-2 max or mean over the 7-cell hexagon of padded [N, C, H+2, W+2] planes.
+
+    The hexagon of (h, w) is the union of two 2x2 windows that share only the centre:
+    {(0, 0), (0, 1), (1, 0), (1, 1)} and {(-1, -1), (-1, 0), (0, -1), (0, 0)} (see HEX_OFFSETS),
+    so two native 2x2 pools on shifted views give it (the mean subtracts the shared centre once).
+    """
+    ahead, behind = padded[..., 1:h + 1, 1:w + 1], padded[..., :h, :w]
+    if mode == "max":
+        return torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
+    sums = F.avg_pool2d(ahead, 2, divisor_override=1) + F.avg_pool2d(behind, 2, divisor_override=1)
+    return (sums - padded[..., 1:h + 1:2, 1:w + 1:2]) / 7
 
 
 class IcoUpsample(nn.Module):

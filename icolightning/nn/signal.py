@@ -9,12 +9,15 @@ R is 1 for scalar fields and 6 for regular fields. Charts are stored in the layo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from icolightning.grid import ORIENTATIONS
 from icolightning.nn.layout import charts_view, memory, to_layout
+
+if TYPE_CHECKING:
+    from icolightning.nn.padding import Padded
 
 REPS = {"scalar": 1, "regular": ORIENTATIONS}
 
@@ -35,6 +38,10 @@ def level_of(height: int) -> int:
 class IcoSignal(NamedTuple):
     charts: torch.Tensor
     poles: torch.Tensor
+    padded: Padded | None = None
+    """The gauge-padded charts (and corner-rule inputs), when the layer that made the signal wrote its
+    charts straight into the interior of the next padded buffer (`charts` is then a view of it):
+    every `GaugePad` of the signal's level uses it instead of padding again."""
 
     @classmethod
     def from_vertices(cls, x: torch.Tensor) -> IcoSignal:

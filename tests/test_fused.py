@@ -1,0 +1,93 @@
+"""Batch norm + ReLU written straight into the next padded buffer (`icolightning.nn.fused`): the same
+values and gradients as the unfused layers, exactly equivariant, and its backward passes gradcheck."""
+
+import pytest
+import torch
+from equivariance import max_equivariance_error, signal_fn
+from torch import nn
+
+from icolightning.grid import IcoGrid
+from icolightning.nn import GaugePad, IcoConv, IcoSignal
+from icolightning.nn.norm import IcoBatchNorm
+
+
+def _pair(channels: int, level: int) -> tuple[IcoBatchNorm, IcoBatchNorm]:
+    """A fused norm (ReLU inside, writes the padded buffer) and the plain norm with the same parameters."""
+    torch.manual_seed(3)
+    fused = IcoBatchNorm(channels, relu=True, pad_level=level).double()
+    with torch.no_grad():
+        fused.weight.normal_()
+        fused.bias.normal_()
+    plain = IcoBatchNorm(channels).double()
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+def _x(level: int, channels: int = 3, batch: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(level)
+    return torch.randn(batch, channels, 6, IcoGrid(level).num_vertices, generator=gen, dtype=torch.float64) + 0.5
+
+
+def _corner_means(vertices: torch.Tensor, level: int) -> torch.Tensor:
+    """The orientation mean at the chart corners (the fused norm's charts hold that there: no frame)."""
+    grid = IcoGrid(level)
+    at_corner = torch.zeros(grid.num_vertices, dtype=torch.bool)
+    at_corner[grid.corners[grid.corners < grid.num_chart_vertices]] = True
+    return torch.where(at_corner, vertices.mean(2, keepdim=True), vertices)
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_fused_norm_gives_the_padding_and_gradients_of_the_unfused_layers(level):
+    fused, plain = _pair(3, level)
+    conv = IcoConv(3, 2, level).double()
+    x = _x(level)
+    outs, grads = [], []
+    for path in ("fused", "plain"):
+        xg = x.clone().requires_grad_()
+        if path == "fused":
+            signal = fused(IcoSignal.from_vertices(xg))
+            padded = signal.padded
+        else:
+            signal = plain(IcoSignal.from_vertices(xg)).map(torch.relu)
+            padded = GaugePad(level)(signal)
+        assert (signal.padded is not None) == (path == "fused")
+        y, values = conv(signal).to_vertices(), _corner_means(signal.to_vertices(), level)
+        loss = (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)).sum() + values.pow(3).sum()
+        norm = fused if path == "fused" else plain
+        grads.append(torch.autograd.grad(loss, (xg, norm.weight, norm.bias)))
+        outs.append((values, *padded))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.running_var, plain.running_var)
+
+
+def test_fused_norm_then_conv_is_equivariant_on_all_rotations():
+    fused, _ = _pair(3, 2)
+    torch.manual_seed(0)
+    layers = nn.Sequential(fused, IcoConv(3, 2, 2).double())
+    assert max_equivariance_error(signal_fn(layers), 2, 2, _x(2)) < 1e-10
+
+
+def test_gradcheck_fused_norm_through_the_padding():
+    fused, _ = _pair(2, 1)
+    conv = IcoConv(2, 2, 1).double()
+    x = _x(1, channels=2, batch=1).requires_grad_()
+
+    def fn(x, weight, bias):
+        signal = fused(IcoSignal.from_vertices(x))
+        return conv(signal).to_vertices(), signal.to_vertices()
+
+    assert torch.autograd.gradcheck(fn, (x, fused.weight, fused.bias), fast_mode=True)
+
+
+def test_eval_mode_and_other_levels_pad_as_before():
+    """Eval mode (running statistics) does not fuse; a GaugePad of another level ignores the buffer."""
+    fused, _ = _pair(3, 2)
+    fused.eval()
+    assert fused(IcoSignal.from_vertices(_x(2))).padded is None
+    fused.train()
+    signal = fused(IcoSignal.from_vertices(_x(2)))
+    with pytest.raises(ValueError, match="level"):
+        GaugePad(1)(signal)
