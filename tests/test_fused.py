@@ -3,11 +3,11 @@ values and gradients as the unfused layers, exactly equivariant, and its backwar
 
 import pytest
 import torch
-from equivariance import max_equivariance_error, signal_fn
 from torch import nn
 
 from icolightning.grid import IcoGrid
 from icolightning.nn import GaugePad, IcoConv, IcoSignal
+from icolightning.nn.equivariance import max_equivariance_error, signal_fn
 from icolightning.nn.norm import IcoBatchNorm
 
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from icolightning.distributed import rank_and_world
 from icolightning.nn.fused import norm_relu_pad
 from icolightning.nn.layout import charts_view, memory
 from icolightning.nn.padding import GaugePad
@@ -24,13 +25,6 @@ def _per_channel(x: IcoSignal, chart_fn: Callable[[torch.Tensor], torch.Tensor],
                  pole_fn: Callable[[torch.Tensor], torch.Tensor]) -> IcoSignal:
     """Apply per-channel maps to the charts in memory order ([..., C, R]) and to the poles ([B, C, R, 2])."""
     return IcoSignal(charts_view(chart_fn(memory(x.charts))), pole_fn(x.poles))
-
-
-def distributed_world(group: object | None = None) -> int:
-    """Number of ranks in the process group, 1 when torch.distributed is not running."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
 
 
 class IcoBatchNorm(nn.Module):
@@ -77,7 +71,7 @@ class IcoBatchNorm(nn.Module):
     def forward(self, x: IcoSignal) -> IcoSignal:
         if not (self.training or not self.track_running_stats):
             return self._rectified(self._with_running_stats(x))
-        syncing = self.training and self.sync and distributed_world(self.process_group) > 1
+        syncing = self.training and self.sync and rank_and_world(self.process_group, environment=False)[1] > 1
         if self.pad is not None and not torch.compiler.is_compiling():
             charts = memory(x.charts)
             with torch.no_grad():
