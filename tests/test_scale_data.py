@@ -58,8 +58,14 @@ def test_store_is_an_xarray_dataset_with_provenance(archive, reference) -> None:
     assert ds.attrs["variables"] == list(CONFIG.variables) and ds.attrs["level"] == LEVEL
     assert ds.attrs["method"] == "bilinear" and ds.attrs["version"] == entries.CACHE_VERSION
     assert reference.num_regions == 30  # regions follow the archive's 8-step chunks
+    fields, labels = reference.fields(), reference.labels()
+    assert fields._raw and labels._raw
+    for t in (0, 7, 8, 239, -1):  # the loader's direct chunk reads equal zarr's
+        np.testing.assert_array_equal(fields[t], ds["fields"].values[t])
+        np.testing.assert_array_equal(labels[t], ds["labels"].values[t])
 
 
+@pytest.mark.slow  # ~3 min on the shared 2-core machine; the killed-worker test below covers it in CI
 def test_local_cluster_with_two_workers_is_bit_identical(archive, reference, tmp_path) -> None:
     (entry,) = ensure_cache([ArchiveSource(str(archive))], CONFIG, tmp_path, progress=False,
                             scheduler={"kind": "local", "workers": 2})

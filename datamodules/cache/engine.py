@@ -10,6 +10,7 @@ of the store, so no data passes through the client. Dask reruns the tasks of a w
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -107,7 +108,7 @@ def dask_client(scheduler: Scheduler) -> Iterator[Any]:
         return
     if scheduler.kind == "local":
         cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=logging.ERROR)
     else:
         cluster = slurm_cluster(scheduler)
         cluster.scale(jobs=scheduler.jobs)

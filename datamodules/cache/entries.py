@@ -25,14 +25,14 @@ from datamodules.cache.build import fill_stores, open_or_create
 from datamodules.cache.engine import Scheduler
 from datamodules.cache.store import CacheError, VertexStore, build_lock
 from datamodules.cache.version import CACHE_VERSION, REGRID_FINGERPRINTS
-from datamodules.io.archive import ArchiveFile, ArchiveSource
+from datamodules.io.archive import ArchiveFile, ArchiveSource, is_archive
 from datamodules.io.netcdf import LatLonFile
 from datamodules.regrid import LABEL_METHODS, METHODS, latlon_to_ico
 from icolightning.errors import DataFileError
 from icolightning.grid import IcoGrid
 
 __all__ = ["CACHE_VERSION", "REGRID_FINGERPRINTS", "CacheEntry", "CacheError", "PreprocessConfig",
-           "ensure_cache", "entry_path", "source_fingerprint"]
+           "ensure_cache", "entry_path", "source_fingerprint", "write_vertex_store"]
 NAN_POLICIES = ("fill", "raise")
 _SLAB_BYTES = 1 << 28
 
@@ -127,7 +127,8 @@ def write_region(store_path: str, region: int, source: str | ArchiveSource, conf
             bad = [v for v, k in zip(config.variables, missing, strict=True) if k]
             problem = f"{int(missing.sum())} missing or non-finite (NaN/inf/_FillValue) values"
             raise DataFileError(data.path, problem, ", ".join(bad))
-        labels = _regrid_labels(data, config, start, stop)
+        labels = (_regrid_labels(data, config, start, stop) if config.label_variable
+                  else np.zeros((stop - start, config.num_vertices), np.uint8))
     store.write_region(region, ico, labels)
     return {"source": str(data.path), "nan_source_points": missing.tolist(),
             "nan_vertices": np.isnan(ico).sum(axis=(0, 2)).tolist()}
@@ -200,3 +201,18 @@ def ensure_cache(
     for message in _nan_warnings(results, config):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     return [CacheEntry(store.path) for store, _ in stores]
+
+
+def write_vertex_store(source: str | Path, output: str | Path, config: PreprocessConfig,
+                       scheduler: Scheduler | dict | str | None = None, progress: bool = True) -> VertexStore:
+    """`icolightning-regrid IN OUT.zarr`: one netCDF file, glob or zarr archive into a vertex store at
+    `output` (the same format as the cache; resumes an interrupted write of the same content)."""
+    source = ArchiveSource(str(source)) if is_archive(source) else Path(source)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(output):
+        store = open_or_create(output, _create_args(source, config))
+        arg = source if isinstance(source, ArchiveSource) else str(source)
+        fill_stores([(store, (arg, config))], write_region, Scheduler.from_config(scheduler), progress,
+                    f"regridding to level {config.level}")
+    return store

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
 
 from datamodules.cache.version import CACHE_VERSION
 from datamodules.io.atomic import atomic_path
@@ -80,6 +81,42 @@ def build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class StepArray:
+    """A [time, ...] zarr array whose single steps are read straight from their chunk file.
+
+    Each step is one uncompressed chunk (raw little-endian values, the zarr v3 `bytes` codec), so
+    reading it is one `np.fromfile`, about 8x faster than going through zarr's async machinery; a
+    step zarr skipped because it equals the fill value reads as the fill value. Anything but a
+    single integer index (slices, `np.asarray`) goes through zarr.
+    """
+
+    def __init__(self, array: zarr.Array, folder: Path) -> None:
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+        self._tail = "/".join(["0"] * (len(array.shape) - 1))
+        self._folder = folder
+        self._fill = array.metadata.fill_value
+        codecs = array.metadata.codecs
+        endian = getattr(codecs[0], "endian", "?") if len(codecs) == 1 else "?"
+        self._raw = isinstance(codecs[0], BytesCodec) and (endian is None or endian.value == "little")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self.array[...], dtype=dtype)
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        if not self._raw or not isinstance(index, int | np.integer):
+            return self.array[index]
+        index = int(index) + (self.shape[0] if index < 0 else 0)
+        path = self._folder / "c" / str(index) / self._tail
+        if not path.is_file():
+            return np.full(self.shape[1:], self._fill, dtype=self.dtype)
+        values = np.fromfile(path, dtype=self.dtype.newbyteorder("<"))
+        return values.astype(self.dtype, copy=False).reshape(self.shape[1:])
+
+
 class VertexStore:
     """One vertex store on disk (see the module docstring); arrays open lazily, read-only."""
 
@@ -98,11 +135,11 @@ class VertexStore:
     def complete(self) -> bool:
         return (self.path / _COMPLETE).is_file()
 
-    def fields(self) -> zarr.Array:
-        return self._group()["fields"]
+    def fields(self) -> StepArray:
+        return StepArray(self._group()["fields"], self.path / "fields")
 
-    def labels(self) -> zarr.Array:
-        return self._group()["labels"]
+    def labels(self) -> StepArray:
+        return StepArray(self._group()["labels"], self.path / "labels")
 
     def stats(self) -> dict[str, np.ndarray]:
         """Per-step partial statistics under the names `Normalization.from_partials` takes."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from datamodules.regrid import LABEL_METHODS, METHODS
-from icolightning.errors import DataFileError
+from icolightning.errors import DataError, DataFileError, UsageError
 from icolightning.grid import MAX_LEVEL
 
 
@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-method", choices=LABEL_METHODS, default="nearest",
                         help="for integer variables (majority: the class covering most of each Voronoi cell)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    store = parser.add_argument_group("vertex store (OUTPUT ending in .zarr; INPUT may be a zarr store or a glob)")
+    store.add_argument("--label-variable", default="",
+                       help="integer label variable to store as labels (default: none, labels are 0)")
+    store.add_argument("--scheduler", default="processes",
+                       help="none | processes | local | a Dask scheduler address (tcp://host:8786)")
+    store.add_argument("--workers", type=int, default=1, help="processes or LocalCluster workers")
     return parser
 
 
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.level <= MAX_LEVEL:
         parser.error(f"--level must be in 0..{MAX_LEVEL}, got {args.level}")
+    if args.output.rstrip("/").endswith(".zarr"):
+        return _to_store(parser, args)
     from datamodules.io.convert import regrid_netcdf
 
     try:
@@ -43,6 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icolightning-regrid: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
+    return 0
+
+
+def _to_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from datamodules.cache.engine import Scheduler
+    from datamodules.cache.entries import PreprocessConfig, write_vertex_store
+
+    if not args.variables:
+        parser.error("a .zarr vertex store needs --variables (its channels, in order)")
+    config = PreprocessConfig(args.level, tuple(args.variables), args.method, args.label_variable,
+                              label_method=args.label_method)
+    try:
+        scheduler = Scheduler.from_config(args.scheduler, args.workers)
+        store = write_vertex_store(args.input, args.output, config, scheduler, not args.quiet)
+    except (DataError, UsageError, OSError) as exc:
+        print(f"icolightning-regrid: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {store.path}")
     return 0
 
 
