@@ -164,3 +164,15 @@ def test_slurm_job_script_has_the_configured_resources() -> None:
     assert "#SBATCH -t 02:00:00" in script
     assert "#SBATCH -A climate" in script and "#SBATCH -p gpu" in script
     assert "--nworkers 8" in script
+
+
+def test_regrid_tool_writes_the_same_vertex_store(archive, reference, tmp_path, capsys) -> None:
+    from icolightning.cli.regrid import main
+
+    out = tmp_path / "out.zarr"
+    argv = [str(archive), str(out), "--level", str(LEVEL), "--variables", *CONFIG.variables,
+            "--label-variable", "LABELS", "--scheduler", "none", "--quiet"]
+    assert main(argv) == 0
+    assert_same_store(entries.CacheEntry(out), reference)
+    assert main([*argv[:-3], "--scheduler", "nonsense", "--quiet"]) == 1
+    assert "scheduler kind must be one of" in capsys.readouterr().err
