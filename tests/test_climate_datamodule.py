@@ -11,9 +11,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from datamodules import ClimateDataModule
 from datamodules.cache.entries import CacheEntry, PreprocessConfig, ensure_cache, entry_path
+from datamodules.cache.store import VertexStore
 from datamodules.climatenet.datamodule import ALL16, CLIMATENET4, samples_by_time, split_validation
 from datamodules.climatenet.synthetic import generate_dataset
 from icolightning.grid import IcoGrid
@@ -181,30 +183,31 @@ def test_interrupted_run_leaves_no_partial_entry_and_resumes(tmp_path, monkeypat
     generate_dataset(tmp_path / "data", n_train=4, n_test=0, nlat=24, nlon=48, seed=0)
     sources = sorted((tmp_path / "data" / "train").glob("*.nc"))
     config = PreprocessConfig(LEVEL, CLIMATENET4)
-    original = cache_module._write_entry
+    original = cache_module.write_region
     calls = []
 
-    def crash_on_third(source, cfg, tmp):
-        calls.append(source)
-        if len(calls) == 3:
-            (tmp / "fields.npy").write_bytes(b"half")
+    def crash_on_third(store_path, region, source, cfg):
+        calls.append(Path(source))
+        if len(calls) == 3:  # half a region written, then killed
+            zarr.open_array(Path(store_path) / "fields", mode="r+")[0, 0, :10] = 1.0
             raise KeyboardInterrupt
-        return original(source, cfg, tmp)
+        return original(store_path, region, source, cfg)
 
-    monkeypatch.setattr(cache_module, "_write_entry", crash_on_third)
+    monkeypatch.setattr(cache_module, "write_region", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         ensure_cache(sources, config, tmp_path / "cache", workers=1, progress=False)
-    folder = tmp_path / "cache" / config.folder_name()
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        entry_path(tmp_path / "cache", config, s).name for s in sources[:2]
-    )
-    monkeypatch.setattr(cache_module, "_write_entry", original)
+    stores = [VertexStore(entry_path(tmp_path / "cache", config, s)) for s in sources]
+    assert [s.complete for s in stores] == [False] * 4  # finished only when all regions are in
+    assert [s.done_regions() for s in stores[:3]] == [{0}, {0}, set()]
     calls.clear()
-    monkeypatch.setattr(cache_module, "_write_entry", lambda *a: calls.append(a[0]) or original(*a))
+    monkeypatch.setattr(cache_module, "write_region", lambda *a: calls.append(Path(a[2])) or original(*a))
     entries = ensure_cache(sources, config, tmp_path / "cache", workers=1, progress=False)
     assert calls == sources[2:]
-    for entry in entries:
+    reference = ensure_cache(sources, config, tmp_path / "fresh", workers=1, progress=False)
+    for entry, fresh in zip(entries, reference, strict=True):
         entry.check(config)
+        np.testing.assert_array_equal(entry.fields(), fresh.fields())
+        np.testing.assert_array_equal(entry.labels(), fresh.labels())
 
 
 def _prepare_in_process(data_dir: str, cache: str) -> None:
@@ -221,7 +224,7 @@ def test_concurrent_ranks_and_a_process_pool_build_one_consistent_cache(data_dir
         rank.join(120)
     assert [rank.exitcode for rank in ranks] == [0, 0]
     folder = next(cache.iterdir())
-    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp")]
+    assert all(CacheEntry(p).complete for p in folder.glob("*.zarr"))
     serial = make_dm(data_dir, tmp_path / "serial")
     serial.prepare_data()
     config = serial.config
@@ -239,9 +242,7 @@ def test_unreadable_cache_entry_is_rebuilt(data_dir, tmp_path) -> None:
     dm.setup("test")
     expected = dm.test_set[0][0].clone()
     entry = next(p for p in (cache / dm.config.folder_name()).iterdir() if p.name.startswith("data-2011"))
-    fields = entry / "fields.npy"
-    fields.write_bytes(fields.read_bytes()[:100])
-    (entry / "meta.json").write_text("{not json")
+    (entry / "zarr.json").write_text("{not json")
     rebuilt = make_dm(data_dir, cache)
     with pytest.warns(RuntimeWarning, match="rebuilding unreadable cache entry"):
         rebuilt.prepare_data()

@@ -125,7 +125,9 @@ def test_interrupted_cache_build_resumes_and_matches_a_fresh_parallel_one(synthe
     monkeypatch.setattr(sphere_cache, "_write_chunk", failing_write)
     with pytest.raises(KeyboardInterrupt):
         sphere_cache.ensure_split_cache(files, "train", tmp_path / "a", progress=False)
-    assert not list((tmp_path / "a").glob("*/train-*"))  # nothing half-built in place
+    (partial,) = (tmp_path / "a").glob("*/train-*.zarr")
+    assert not sphere_cache.SplitCache(partial).complete  # never opened by readers
+    assert sphere_cache.SplitCache(partial).done_regions() == {0}
 
     def counting_write(files, start, chunk, *args):
         calls.append(chunk)
@@ -144,7 +146,7 @@ def test_interrupted_cache_build_resumes_and_matches_a_fresh_parallel_one(synthe
         fields, labels = sphere_to_ico(5).apply(*read_sample(path))
         np.testing.assert_array_equal(fresh.fields()[row], fields)
         np.testing.assert_array_equal(fresh.labels()[row], labels)
-    assert not list((tmp_path / "a").glob("*/.building-*"))
+    assert resumed.complete and fresh.complete
 
 
 def test_cache_is_keyed_by_the_files(synthetic, tmp_path):

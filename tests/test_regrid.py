@@ -311,7 +311,7 @@ def test_cache_version_follows_the_regridding() -> None:
     pinned = REGRID_FINGERPRINTS.get(CACHE_VERSION)
     assert fingerprint == pinned, (
         f"the regridding changed (fingerprint {fingerprint}, pinned {pinned} for CACHE_VERSION {CACHE_VERSION}): "
-        f"bump CACHE_VERSION in datamodules/cache.py and add the new fingerprint to REGRID_FINGERPRINTS"
+        f"bump CACHE_VERSION in datamodules/cache/version.py and add the new fingerprint to REGRID_FINGERPRINTS"
     )
     assert max(REGRID_FINGERPRINTS) == CACHE_VERSION
     assert len(set(REGRID_FINGERPRINTS.values())) == len(REGRID_FINGERPRINTS)

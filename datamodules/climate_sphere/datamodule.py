@@ -2,7 +2,7 @@
 
 `data_dir` holds the `data-*-mesh.npz` files and UGSCNN's split lists `train_split.txt`,
 `val_split.txt`, `test_split.txt`. `prepare_data()` checks every file's vertex order, maps it onto
-`IcoGrid(level)` and writes one memory-mapped cache per split (`datamodules.climate_sphere.cache`);
+`IcoGrid(level)` and writes one vertex store per split (`datamodules.climate_sphere.cache`);
 datasets then only read those arrays. Statistics and class frequencies come from the training
 split. Loaders, statistics hand-over and checkpoint state are those of `ClimateDataModule`.
 """
@@ -32,7 +32,7 @@ class ClimateSphereDataset(Dataset):
         self.cache = cache
         self.channels = np.asarray(channels, dtype=np.int64)
         self.norm = norm
-        self._length = int(cache.meta["num_samples"])
+        self._length = int(cache.meta["num_times"])
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -45,7 +45,7 @@ class ClimateSphereDataset(Dataset):
         if self._arrays is None:  # opened lazily, in the process that reads (each DataLoader worker)
             self._arrays = (self.cache.fields(), self.cache.labels())
         fields, labels = self._arrays
-        x = torch.from_numpy(self.norm.apply(fields[index, self.channels]))
+        x = torch.from_numpy(self.norm.apply(fields[index][self.channels]))
         return x, torch.from_numpy(labels[index].astype(np.int64))
 
 

@@ -26,6 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.cache.entries import CacheEntry, PreprocessConfig, ensure_cache
 from datamodules.climatenet.schema import VARIABLES
+from datamodules.io.archive import ArchiveSource, is_archive
 from datamodules.io.netcdf import list_netcdf
 from datamodules.normalization import Normalization
 from datamodules.samplers import EpochShuffle, evaluation_sampler
@@ -153,6 +154,13 @@ class ClimateDataModule(L.LightningDataModule):
         preprocess_workers: processes for `prepare_data` (default: up to 4 CPUs).
         progress: show tqdm bars while preprocessing.
         shuffle_seed: seed of the training shuffle (`EpochShuffle`: one permutation per epoch).
+        splits: for an archive (`data_dir` a zarr store, URL or glob of multi-step netCDF files):
+            `{"train": [first, last], "val": [...], "test": [...]}` time periods (val optional:
+            without it `val_fraction` of the training period, the latest steps, validates).
+        labels: a second store holding `label_variable` on the archive's times (default: the archive).
+        preprocess_scheduler: where regridding runs (`datamodules.cache.engine.Scheduler`: None =
+            a pool of `preprocess_workers` processes, or {"kind": "none" | "local" | "address" |
+            "slurm", ...}, the `dask` config group).
     """
 
     def __init__(
@@ -174,10 +182,20 @@ class ClimateDataModule(L.LightningDataModule):
         progress: bool = True,
         shuffle_seed: int = 0,
         label_method: str = "nearest",
+        splits: dict | None = None,
+        labels: str | None = None,
+        preprocess_scheduler: dict | str | None = None,
     ) -> None:
         super().__init__()
+        self.source = str(data_dir)
+        self.archive = splits is not None or is_archive(self.source)
+        if self.archive and not splits:
+            raise DataError(f"{self.source} is an archive: set data.splits (train/val/test time periods)")
+        self.splits = {k: tuple(map(str, v)) for k, v in (splits or {}).items()}
+        self.labels = labels
+        self.scheduler = preprocess_scheduler
         self.data_dir = Path(data_dir)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.data_dir / ".icocache"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self._default_cache()
         self.config = PreprocessConfig(
             int(level), resolve_variables(variables), method, label_variable, nan_policy, label_method
         )
@@ -194,6 +212,14 @@ class ClimateDataModule(L.LightningDataModule):
         self.train_set: ClimateDataset | None = None
         self.val_set: ClimateDataset | None = None
         self.test_set: ClimateDataset | None = None
+
+    def _default_cache(self) -> Path:
+        """`data_dir/.icocache`; for an archive the folder next to it (never inside a zarr store)."""
+        if not self.archive:
+            return self.data_dir / ".icocache"
+        if "://" in self.source:
+            raise DataError(f"{self.source} is remote: set data.cache_dir to a local folder for the vertex store")
+        return Path(self.source.rstrip("/")).parent / ".icocache"
 
     # ---------------------------------------------------------------- properties
     @property
@@ -249,28 +275,51 @@ class ClimateDataModule(L.LightningDataModule):
             self.set_normalization(state_dict["normalization"])
 
     # ---------------------------------------------------------------- preprocessing
+    def _sources(self, split: str) -> list:
+        if not self.archive:
+            return split_files(self.data_dir, split)
+        if split not in self.splits:
+            raise EmptySplitError(f"no {split!r} period in data.splits for the archive {self.source}")
+        return [ArchiveSource(self.source, self.splits[split], self.labels)]
+
+    def _present(self) -> list[str]:
+        if self.archive:
+            return [s for s in ("train", "val", "test") if s in self.splits]
+        return [s for s in ("train", "test") if (self.data_dir / s).is_dir() and list_netcdf(self.data_dir / s)]
+
+    def _train_val(self) -> tuple[list[CacheEntry], list, list[CacheEntry], list]:
+        """Training entries and samples, validation entries and samples (a configured period, else
+        the latest `val_fraction` of the training samples)."""
+        entries = self._entries("train")
+        if "val" in self.splits:
+            val_entries = self._entries("val")
+            return entries, samples_by_time(entries), val_entries, samples_by_time(val_entries)
+        train, val = split_validation(samples_by_time(entries), self.val_fraction)
+        return entries, train, entries, val
+
     def _entries(self, split: str) -> list[CacheEntry]:
         return ensure_cache(
-            split_files(self.data_dir, split),
+            self._sources(split),
             self.config,
             self.cache_dir,
             workers=self.preprocess_workers,
             progress=self.progress,
             desc=f"regridding {split} to level {self.level}",
+            scheduler=self.scheduler,
         )
 
     def prepare_data(self) -> None:
         """Regrid every train and test file into the cache (once) and store the statistics."""
-        needs_train = self._normalization is None
-        present = [s for s in ("train", "test") if (self.data_dir / s).is_dir() and list_netcdf(self.data_dir / s)]
-        if needs_train and "train" not in present:
-            split_files(self.data_dir, "train")
+        present = self._present()
+        if self._normalization is None and "train" not in present:
+            self._sources("train")
         for split in present:
-            entries = self._entries(split)
             if split == "train":
-                train, _ = split_validation(samples_by_time(entries), self.val_fraction)
+                entries, train, _, _ = self._train_val()
                 stats_file = self.cache_dir / self.config.folder_name() / f"normalization-val{self.val_fraction:g}.json"
                 self._statistics(entries, train).save(stats_file)
+            else:
+                self._entries(split)
 
     def _statistics(self, entries: Sequence[CacheEntry], samples: Sequence[tuple[int, int]]) -> Normalization:
         stats = [entry.stats() for entry in entries]
@@ -287,12 +336,11 @@ class ClimateDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") or self._normalization is None:
-            entries = self._entries("train")
-            train, val = split_validation(samples_by_time(entries), self.val_fraction)
+            entries, train, val_entries, val = self._train_val()
             if self._normalization is None:
                 self._normalization = self._statistics(entries, train)
             self.train_set = ClimateDataset(entries, train, self.normalization)
-            self.val_set = ClimateDataset(entries, val, self.normalization)
+            self.val_set = ClimateDataset(val_entries, val, self.normalization)
         if stage in (None, "test"):
             entries = self._entries("test")
             self.test_set = ClimateDataset(entries, samples_by_time(entries), self.normalization)

@@ -170,9 +170,11 @@ class LatLonFile:
         path: str | Path,
         variables: Sequence[str],
         label_variable: str | None = None,
+        dataset: xr.Dataset | None = None,
     ) -> None:
+        """`dataset`: an already opened dataset (an archive) that `path` names in errors."""
         self.path = Path(path)
-        self.ds = open_netcdf(self.path)
+        self.ds = open_netcdf(self.path) if dataset is None else dataset
         try:
             self.lat_dim, self.lon_dim = find_latlon_dims(self.ds, self.path)
             self.time_dim = find_time_dim(self.ds, (self.lat_dim, self.lon_dim))

@@ -148,7 +148,7 @@ def regrid_fingerprint() -> str:
     """A hash of the matrices of a small fixed case: every method, both directions, level 1.
 
     It changes whenever the regridding algorithm changes what it computes, which is what the
-    cache version (`datamodules.cache.entries.CACHE_VERSION`) must follow. Weights are rounded to 8
+    cache version (`datamodules.cache.version.CACHE_VERSION`) must follow. Weights are rounded to 8
     decimals so that the last bits of floating-point arithmetic do not count.
     """
     lat = np.linspace(-85.0, 87.5, 9)[::-1]
