@@ -12,7 +12,7 @@ import lightning as L
 from torch import Tensor, nn
 
 from icolightning.config import to_primitive
-from icolightning.lightning.schedule import build_scheduler, extend_scheduler
+from icolightning.lightning.schedule import build_scheduler, extend_scheduler, refuse_changed_schedule
 from icolightning.nn.norm import set_batchnorm_sync
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
@@ -92,6 +92,8 @@ class IcoTask(L.LightningModule):
         for key, value in list(self.hparams.items()):
             self.hparams[key] = to_primitive(value)
         self.net = net if isinstance(net, nn.Module) else hydra.utils.instantiate(to_primitive(net))
+        self._restored_scheduler: Mapping[str, Any] | None = None
+        """The scheduler config of the checkpoint a fit resumes from (`on_load_checkpoint`)."""
         if compile:
             self.net.compile(**({"backend": compile} if isinstance(compile, str) else {}))
 
@@ -142,9 +144,11 @@ class IcoTask(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
 
     def on_train_start(self) -> None:
-        """After a resume: the training loader's saved position, and the restored schedule stretched
-        (or shrunk) to this run's horizon."""
+        """After a resume: the training loader's saved position, a refusal of a changed schedule, and
+        the restored schedule stretched (or shrunk) to this run's horizon."""
         restore_pending_loader_states(self.trainer)
+        if self.trainer.ckpt_path is not None:
+            refuse_changed_schedule(self._restored_scheduler, self.hparams.scheduler)
         if not self.hparams.scheduler:
             return
         cfg, interval, _ = self._scheduler_config()
@@ -160,6 +164,7 @@ class IcoTask(L.LightningModule):
         """Accept compiled/uncompiled weights; on a resume keep the checkpoint's data statistics
         (`setup` filled in ones recomputed from whatever train/ holds now, before the restore)."""
         checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"], set(self.state_dict()))
+        self._restored_scheduler = checkpoint.get("hyper_parameters", {}).get("scheduler")
         stats = checkpoint.get("hyper_parameters", {}).get("data_stats")
         if stats:
             self.hparams["data_stats"] = stats

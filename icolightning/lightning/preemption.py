@@ -8,8 +8,8 @@ handlers, while training, with ones that only note the signal. The safe points a
 optimiser step (not of every micro-batch under gradient accumulation), the end of a mid-epoch
 validation and the end of an epoch (after its validation), each after the ModelCheckpoint callbacks
 have recorded it (this callback moves itself to the end of the callback list: a signal during the
-final epoch's validation keeps that epoch's best checkpoint). There the ranks agree on whether any of them was signalled;
-if so, all save `hpc_ckpt_N.ckpt` in the run folder (what `ckpt_path=last` resumes from), rank 0
+final epoch's validation keeps that epoch's best checkpoint). There the ranks agree on whether any
+of them was signalled; if so, all save `hpc_ckpt_N.ckpt` in the run folder (what `ckpt_path=last` resumes from), rank 0
 runs `scontrol requeue <job>` for the requeue signal under `SLURMEnvironment(auto_requeue=True)`,
 and the run stops with Lightning's SIGTERMException (exit status 0: the job is requeued or
 pre-empted, not failed).
