@@ -140,10 +140,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, every, saved_a
     _assert_history_kept(reference, name, rows, scalars)
 
 
-@pytest.mark.parametrize(("point", "epoch", "saved_at"), [("training", 1, 7), ("validation", 2, 15),
+@pytest.mark.parametrize(("point", "epoch", "saved_at"), [("training", 1, 6), ("validation", 2, 15),
                                                           ("between", 1, 10)])
 def test_sigterm_anywhere_then_resume_matches_uninterrupted_run(reference, point, epoch, saved_at):
-    """SIGTERM before training step 8, in the final epoch's validation, or at the end of epoch 2."""
+    """SIGTERM in the first step of epoch 2 (saved after it), in the final epoch's validation, or at the
+    end of epoch 2."""
     name = f"sigterm_{point}"
     stopped = _train(reference, name, "+callbacks.term._target_=test_resume.TermAt",
                      f"+callbacks.term.point={point}", f"+callbacks.term.epoch={epoch}")

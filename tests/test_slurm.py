@@ -26,8 +26,9 @@ import torch
 BIN = Path(sys.executable).parent
 TASKS = 2
 # 10 training samples over 2 ranks with batch 2: 3 steps per epoch, 6 in all. The signal arrives
-# while rank 0 pauses after step 4, so the checkpoint is written after step 5, inside epoch 2.
-EPOCHS, PAUSE_AT, SIGNALLED_AT = 2, 4, 5
+# while rank 0 pauses in the end-of-step hooks of step 4; PreemptionCheckpoint runs after every
+# other callback, so the checkpoint is written at that same step 4, inside epoch 2 (steps 4-6).
+EPOCHS, PAUSE_AT, SIGNALLED_AT = 2, 4, 4
 
 
 class PauseAtStep(L.Callback):
@@ -128,7 +129,7 @@ def test_signal_checkpoint_then_requeued_job_matches_uninterrupted(job, uninterr
     assert _wait(tasks) == [0] * TASKS, _output(job, name, 0)[-3000:]
 
     saved = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)
-    assert saved["global_step"] == SIGNALLED_AT  # inside the second epoch (steps 4-6)
+    assert saved["global_step"] == SIGNALLED_AT  # after the first step of the second epoch (steps 4-6)
     assert not (run / "metrics.json").exists()
     requeues = record.read_text()[len(requeues_before):] if record.exists() else ""
     assert requeues == (f"requeue {job[1]['SLURM_JOB_ID']}\n" if signum == signal.SIGUSR1 else "")

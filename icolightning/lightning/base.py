@@ -94,6 +94,8 @@ class IcoTask(L.LightningModule):
         self.net = net if isinstance(net, nn.Module) else hydra.utils.instantiate(to_primitive(net))
         self._restored_scheduler: Mapping[str, Any] | None = None
         """The scheduler config of the checkpoint a fit resumes from (`on_load_checkpoint`)."""
+        self.restored_val_metrics: dict[str, float] = {}
+        """The validation metrics saved in that checkpoint."""
         if compile:
             self.net.compile(**({"backend": compile} if isinstance(compile, str) else {}))
 
@@ -157,14 +159,18 @@ class IcoTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the module class so `load_module` can rebuild any task from the file alone."""
+        """Record the module class so `load_module` can rebuild any task from the file alone, and the
+        latest validation metrics, which a run resumed after its last validation does not recompute."""
         checkpoint["icolightning_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["val_metrics"] = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept compiled/uncompiled weights; on a resume keep the checkpoint's data statistics
         (`setup` filled in ones recomputed from whatever train/ holds now, before the restore)."""
         checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"], set(self.state_dict()))
         self._restored_scheduler = checkpoint.get("hyper_parameters", {}).get("scheduler")
+        self.restored_val_metrics = dict(checkpoint.get("val_metrics") or {})
         stats = checkpoint.get("hyper_parameters", {}).get("data_stats")
         if stats:
             self.hparams["data_stats"] = stats
