@@ -26,12 +26,14 @@ def unet_net(level: int = 2, channels: int = len(VARIABLES)) -> dict[str, Any]:
 
 
 def write_checkpoint(path: Path, net: dict[str, Any] | None = None, level: int = 2,
-                     hparams: dict[str, Any] | None = None, module: str | None = None) -> Path:
+                     hparams: dict[str, Any] | None = None, module: str | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
     """A SegmentationModule checkpoint with the real module's hyper-parameters, except for the
-    entries in `hparams` and the `module` class name (so a tampered file differs only there)."""
+    entries in `hparams`, the `module` class name and `extra` top-level keys (so a tampered file
+    differs only there)."""
     model = SegmentationModule(net or unet_net(level), data_stats=stats(level))
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {**model.hparams, **(hparams or {})},
                   "icolightning_module": module or "icolightning.lightning.segmentation.SegmentationModule",
-                  "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}
+                  "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0, **(extra or {})}
     torch.save(checkpoint, path)
     return path

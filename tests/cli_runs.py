@@ -27,12 +27,17 @@ def compose_config(name: str, root: Path, run: str, overrides: list[str]):
     return cfg
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment with tests/ added to (never replacing) PYTHONPATH, so that a
+    subprocess imports the checkout under test and the tests' own callbacks."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path} | extra
+
+
 def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 240,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a console script; tests/ is importable in it (and in the DDP ranks it launches)."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-                        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    env |= extra_env or {}
+    env = subprocess_env(PYTHONWARNINGS="ignore") | (extra_env or {})
     return subprocess.run([str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -55,3 +55,34 @@ def test_checkpoints_with_one_flat_state_still_load():
     saved, next_draws = _saved_by_two_ranks()
     _callback(0, 1).load_state_dict(saved["ranks"][1])
     assert _draw() == next_draws[1]
+
+
+def _step(callback: RNGStateCheckpoint) -> tuple[float, float, float]:
+    """What a training step draws (dropout, say), between the callback's batch hooks."""
+    callback.on_train_batch_start(None)
+    drawn = _draw()
+    callback.on_train_batch_end(None)
+    return drawn
+
+
+def test_steps_draw_from_their_own_stream_whatever_happens_between_them():
+    """Loader iterators draw from the global generator between steps, at other moments in a resumed
+    run: the numbers the steps see do not move, and a checkpoint between steps replays them."""
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    quiet = _callback(0, 1)
+    quiet.on_train_start(None, None)
+    first, second = _step(quiet), _step(quiet)
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    busy = _callback(0, 1)
+    busy.on_train_start(None, None)
+    assert _step(busy) == first
+    saved = busy.state_dict()
+    _draw()  # a loader iterator created between the steps
+    assert _step(busy) == second
+
+    resumed = _callback(0, 1)
+    resumed.load_state_dict(saved)
+    _draw(), _draw()  # the resumed run builds its iterators anew
+    resumed.on_train_start(None, None)
+    assert _step(resumed) == second

@@ -48,7 +48,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
         results["last_checkpoint"], results["global_step"], results["epochs"] = save_final_checkpoint(trainer)
         metrics = trainer.callback_metrics
-        results["val"] = scalar_metrics({k: v for k, v in metrics.items() if k.startswith("val/")})
+        # A run resumed after its last validation runs none: the checkpoint's metrics are the latest.
+        results["val"] = scalar_metrics({**model.restored_val_metrics,
+                                         **{k: v for k, v in metrics.items() if k.startswith("val/")}})
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     results["best_checkpoint"] = best
     score = best_model_score(trainer, best)

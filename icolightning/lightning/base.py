@@ -12,7 +12,7 @@ import lightning as L
 from torch import Tensor, nn
 
 from icolightning.config import to_primitive
-from icolightning.lightning.schedule import build_scheduler, extend_scheduler
+from icolightning.lightning.schedule import build_scheduler, extend_scheduler, refuse_changed_schedule
 from icolightning.nn.norm import set_batchnorm_sync
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-2}
@@ -92,6 +92,10 @@ class IcoTask(L.LightningModule):
         for key, value in list(self.hparams.items()):
             self.hparams[key] = to_primitive(value)
         self.net = net if isinstance(net, nn.Module) else hydra.utils.instantiate(to_primitive(net))
+        self._restored_scheduler: Mapping[str, Any] | None = None
+        """The scheduler config of the checkpoint a fit resumes from (`on_load_checkpoint`)."""
+        self.restored_val_metrics: dict[str, float] = {}
+        """The validation metrics saved in that checkpoint."""
         if compile:
             self.net.compile(**({"backend": compile} if isinstance(compile, str) else {}))
 
@@ -142,9 +146,11 @@ class IcoTask(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor}}
 
     def on_train_start(self) -> None:
-        """After a resume: the training loader's saved position, and the restored schedule stretched
-        (or shrunk) to this run's horizon."""
+        """After a resume: the training loader's saved position, a refusal of a changed schedule, and
+        the restored schedule stretched (or shrunk) to this run's horizon."""
         restore_pending_loader_states(self.trainer)
+        if self.trainer.ckpt_path is not None:
+            refuse_changed_schedule(self._restored_scheduler, self.hparams.scheduler)
         if not self.hparams.scheduler:
             return
         cfg, interval, _ = self._scheduler_config()
@@ -153,13 +159,18 @@ class IcoTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the module class so `load_module` can rebuild any task from the file alone."""
+        """Record the module class so `load_module` can rebuild any task from the file alone, and the
+        latest validation metrics, which a run resumed after its last validation does not recompute."""
         checkpoint["icolightning_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["val_metrics"] = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept compiled/uncompiled weights; on a resume keep the checkpoint's data statistics
         (`setup` filled in ones recomputed from whatever train/ holds now, before the restore)."""
         checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"], set(self.state_dict()))
+        self._restored_scheduler = checkpoint.get("hyper_parameters", {}).get("scheduler")
+        self.restored_val_metrics = dict(checkpoint.get("val_metrics") or {})
         stats = checkpoint.get("hyper_parameters", {}).get("data_stats")
         if stats:
             self.hparams["data_stats"] = stats

@@ -4,12 +4,20 @@ Lightning 2.6 saves the SLURM requeue checkpoint inside the signal handler and, 
 broadcasts from inside the handler and saves nothing. A handler runs wherever the main thread is:
 in the middle of an optimiser step (the checkpoint then mixes two steps) or between the collectives
 of a DDP step (ranks then pair different collectives and hang). This callback replaces both
-handlers, while training, with ones that only note the signal. At the end of each training step
-(and after each validation) the ranks agree on whether any of them was signalled; if so, all save
-`hpc_ckpt_N.ckpt` in the run folder (what `ckpt_path=last` resumes from), rank 0 runs
-`scontrol requeue <job>` for the requeue signal under `SLURMEnvironment(auto_requeue=True)`, and
-the run stops with Lightning's SIGTERMException (exit status 0: the job is requeued or pre-empted,
-not failed). A signal is honoured within one training step, or after the validation it arrives in.
+handlers, while training, with ones that only note the signal. The safe points are the end of an
+optimiser step (not of every micro-batch under gradient accumulation), the end of a mid-epoch
+validation and the end of an epoch (after its validation), each after the ModelCheckpoint callbacks
+have recorded it (this callback moves itself to the end of the callback list: a signal during the
+final epoch's validation keeps that epoch's best checkpoint). There the ranks agree on whether any
+of them was signalled; if so, all save `hpc_ckpt_N.ckpt` in the run folder (what `ckpt_path=last` resumes from), rank 0
+runs `scontrol requeue <job>` for the requeue signal under `SLURMEnvironment(auto_requeue=True)`,
+and the run stops with Lightning's SIGTERMException (exit status 0: the job is requeued or
+pre-empted, not failed).
+
+One process needs no agreement, so nothing is synchronised. Under DDP the agreement is an
+all-reduce of two flags; on an accelerator it costs a host-device sync, so it runs every
+`sync_every_n_steps` optimiser steps there (default 10) and after every step on CPU processes.
+A signal is honoured within that many steps, or after the validation it arrives in.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -46,16 +55,30 @@ def next_hpc_checkpoint(folder: Path) -> Path:
     return folder / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
 
 
-class PreemptionCheckpoint(L.Callback):
+class PreemptionCheckpoint(Checkpoint):
     """Save a resumable checkpoint and stop when the job is pre-empted (SIGTERM) or about to hit its
-    time limit (SLURM's requeue signal, SIGUSR1 by default), then requeue under SLURM."""
+    time limit (SLURM's requeue signal, SIGUSR1 by default), then requeue under SLURM.
 
-    def __init__(self) -> None:
+    Args:
+        sync_every_n_steps: under DDP on an accelerator, agree on the signal every N optimiser steps
+            (None: 10 there, every step for CPU processes, where the all-reduce costs no device sync).
+    """
+
+    DEFAULT_SYNC_STEPS = 10
+
+    def __init__(self, sync_every_n_steps: int | None = None) -> None:
         self._received: set[int] = set()
         self._requeue_signal: int | None = None
+        self._sync_every = sync_every_n_steps
+        self._checked_step = -1
 
     def _note(self, signum: int, _frame: object) -> None:
         self._received.add(signum)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Last of all callbacks, so its checkpoint holds what every other callback recorded at that point.
+        trainer.callbacks.remove(self)
+        trainer.callbacks.append(self)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning installs its handlers just before training starts and restores the previous ones
@@ -65,18 +88,42 @@ class PreemptionCheckpoint(L.Callback):
             self._requeue_signal = int(environment.requeue_signal or signal.SIGUSR1)
             signal.signal(self._requeue_signal, self._note)
         signal.signal(signal.SIGTERM, self._note)
+        self._checked_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *_: object) -> None:
+        if trainer.global_step == self._checked_step:  # a micro-batch of an accumulation, no optimiser step
+            return
+        self._checked_step = trainer.global_step
+        if trainer.world_size > 1 and trainer.global_step % self._steps_between_syncs(trainer):
+            return
         self._stop_if_signalled(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:  # not during trainer.validate
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:  # not during trainer.validate
+            return
+        if not getattr(trainer.fit_loop.epoch_loop, "_is_training_done", False):  # a mid-epoch validation
             self._stop_if_signalled(trainer)
 
-    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
-        flags = torch.tensor([float(signal.SIGTERM in self._received),
-                              float(self._requeue_signal in self._received)], device=trainer.strategy.root_device)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the epoch-end validation and after ModelCheckpoint, which saves here by default.
+        self._stop_if_signalled(trainer)
+
+    def _steps_between_syncs(self, trainer: L.Trainer) -> int:
+        if self._sync_every is not None:
+            return max(1, self._sync_every)
+        return 1 if trainer.strategy.root_device.type == "cpu" else self.DEFAULT_SYNC_STEPS
+
+    def _signalled(self, trainer: L.Trainer) -> tuple[bool, bool]:
+        """(SIGTERM, requeue signal) received by any rank."""
+        mine = (signal.SIGTERM in self._received, self._requeue_signal in self._received)
+        if trainer.world_size == 1:
+            return mine
+        flags = torch.tensor([float(v) for v in mine], device=trainer.strategy.root_device)
         term, requeue = (bool(v) for v in trainer.strategy.reduce(flags, reduce_op="max").tolist())
+        return term, requeue
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        term, requeue = self._signalled(trainer)
         if not (term or requeue):
             return
         path = trainer.strategy.broadcast(next_hpc_checkpoint(Path(trainer.default_root_dir)), src=0)

@@ -19,6 +19,8 @@ import hydra
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
+from icolightning.errors import UsageError
+
 HORIZON_ARGS = ("total_steps", "T_max", "total_iters")
 """Constructor arguments that set a scheduler's horizon, in the order they are looked for."""
 
@@ -77,3 +79,17 @@ def extend_scheduler(scheduler: LRScheduler, cfg: Mapping[str, Any], horizon: in
     if name == "total_steps":
         _check_warm_up(cfg, horizon)
     return hydra.utils.instantiate({**cfg, name: int(horizon)}, optimizer=scheduler.optimizer, last_epoch=done - 1)
+
+
+def refuse_changed_schedule(saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> None:
+    """A resume restores the scheduler's state, so a schedule argument changed since the checkpoint
+    (OneCycleLR's max_lr or div_factor, say) would be silently ignored: refuse it, naming the options.
+    Horizon arguments filled in from the trainer are not in either config and follow the new run."""
+    saved, current = dict(saved or {}), dict(current or {})
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        listed = ", ".join(f"model.scheduler.{k}={saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise UsageError(
+            f"the scheduler config changed since the checkpoint ({listed}); a resumed schedule continues the "
+            "checkpoint's, so the change would be ignored: resume with the checkpoint's values, or start a new "
+            "run from its weights")
