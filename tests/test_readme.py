@@ -19,10 +19,6 @@ DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 MAX_README_LINES = 200
 
-# Pages written in parallel by other engineers (issue 17). Until they land a link to them may dangle;
-# drop each name from this set once its page is in docs/, and the test then checks it like any other.
-PARALLEL_PAGES = frozenset({"regridding.md", "performance.md", "checkpoints.md", "scale-data.md", "outputs.md"})
-
 HYDRA_APPS = {"icolightning-train": "train", "icolightning-eval": "eval", "icolightning-predict": "predict"}
 ARGPARSE_TOOLS = {"icolightning-regrid": "regrid", "icolightning-events": "events",
                   "icolightning-make-synthetic": "make_synthetic"}
@@ -80,8 +76,6 @@ def test_every_relative_link_resolves(page):
     for target in relative_links(page):
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if not file.exists() and file.parent == DOCS and file.name in PARALLEL_PAGES:
-            continue
         assert file.exists(), f"{page.name}: dead link {target}"
         if anchor and file.suffix == ".md":
             assert anchor in anchors(file), f"{page.name}: no heading #{anchor} in {file.name}"
@@ -90,7 +84,7 @@ def test_every_relative_link_resolves(page):
 def test_readme_links_every_docs_page():
     linked = {Path(t.partition("#")[0]).name for t in relative_links(README)}
     pages = {p.name for p in DOCS.glob("*.md")} - {"mnist_results.md"}
-    assert pages | PARALLEL_PAGES <= linked
+    assert pages <= linked
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
