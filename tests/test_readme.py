@@ -90,8 +90,6 @@ def test_readme_links_every_docs_page():
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_repository_path_named_exists(page):
     for path in set(REPO_PATH.findall(page.read_text())):
-        if Path(path).parent == Path("docs") and Path(path).name in PARALLEL_PAGES:
-            continue
         assert (ROOT / path).exists(), f"{page.name} names {path}, which does not exist"
     for name in set(re.findall(r"\btest_\w+\.py\b", page.read_text())):
         assert (ROOT / "tests" / name).exists(), f"{page.name} names tests/{name}, which does not exist"
