@@ -2,7 +2,7 @@
 
 from icolightning.nn.conv import IcoConv
 from icolightning.nn.equivariance import EquivarianceError, check_equivariance
-from icolightning.nn.padding import GaugePad, Padded
-from icolightning.nn.signal import IcoSignal, cat_signals
+from icolightning.nn.padding import GaugePad
+from icolightning.nn.signal import IcoSignal, Padded, cat_signals
 
 __all__ = ["EquivarianceError", "GaugePad", "IcoConv", "IcoSignal", "Padded", "cat_signals", "check_equivariance"]

@@ -17,8 +17,8 @@ from torch import nn
 
 from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, ORIENTATIONS, IcoGrid
 from icolightning.nn.layout import charts_view, planes
-from icolightning.nn.padding import GaugePad, Padded
-from icolightning.nn.signal import IcoSignal, rep_size
+from icolightning.nn.padding import GaugePad
+from icolightning.nn.signal import IcoSignal, Padded, rep_size
 from icolightning.nn.tables import corner_table, kernel_expansion
 
 _CENTRE = 4

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from icolightning.nn.batch_stats import affine_of, batch_norm_grads
 from icolightning.nn.layout import charts_view, empty_planes, from_planes
-from icolightning.nn.padding import Padded, _corner_shapes, _Tables, fill_border, gauge_pad_backward
-from icolightning.nn.signal import IcoSignal
+from icolightning.nn.padding import _corner_shapes, _Tables, fill_border, gauge_pad_backward
+from icolightning.nn.signal import IcoSignal, Padded
 
 
 def _interior(planes: torch.Tensor, batch: int, orientations: int) -> torch.Tensor:
@@ -34,7 +35,6 @@ class _NormReluPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, charts, poles, weight, bias, mean, invstd, reduction: tuple, relu: bool, level: int, names: str,
                 *tables):
-        from icolightning.nn.norm import affine_of
 
         b, n, h, w, c, r = charts.shape
         scale, shift = (t.to(charts.dtype) for t in affine_of(mean, invstd, weight, bias))
@@ -54,7 +54,6 @@ class _NormReluPad(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_planes, g_patches, g_own, g_nb, g_poles):
-        from icolightning.nn.norm import affine_of, batch_norm_grads
 
         charts, poles, weight, bias, mean, invstd, planes, out_poles, *tables = ctx.saved_tensors
         b, r = charts.shape[0], charts.shape[-1]

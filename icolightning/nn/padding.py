@@ -26,22 +26,8 @@ from torch import nn
 
 from icolightning.grid import CHART_CORNERS, CORNER_NEIGHBOURS, NUM_CHARTS, NUM_CORNERS, NUM_POLES, IcoGrid
 from icolightning.nn.layout import empty_planes
-from icolightning.nn.signal import IcoSignal
+from icolightning.nn.signal import IcoSignal, Padded
 from icolightning.nn.tables import GaugePadRoutes, Route, gauge_pad_routes
-
-
-class Padded(NamedTuple):
-    """What a layer reads: the padded buffer and the corner rule's inputs."""
-
-    buf: torch.Tensor
-    """[B, C, R, 5, H+2, W+2] padded charts in the layout (`layout.planes` gives the conv input)."""
-    patches: torch.Tensor
-    """[B, C, R, CHART_CORNERS, 9] padded 3x3 neighbourhoods of the chart corners (row-major)."""
-    corner_own: torch.Tensor
-    """[B, C, NUM_CORNERS] orientation mean at each corner (the chart corners, then N, S)."""
-    corner_neighbours: torch.Tensor
-    """[B, C, R, NUM_CORNERS, CORNER_NEIGHBOURS] each corner's neighbours, orientation channels aligned to
-    the corner."""
 
 
 class _Route(NamedTuple):

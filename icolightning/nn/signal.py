@@ -9,15 +9,12 @@ R is 1 for scalar fields and 6 for regular fields. Charts are stored in the layo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from icolightning.grid import ORIENTATIONS
 from icolightning.nn.layout import charts_view, memory, to_layout
-
-if TYPE_CHECKING:
-    from icolightning.nn.padding import Padded
 
 REPS = {"scalar": 1, "regular": ORIENTATIONS}
 
@@ -33,6 +30,20 @@ def level_of(height: int) -> int:
     if height != 2**level:
         raise ValueError(f"chart height {height} is not a power of two")
     return level
+
+
+class Padded(NamedTuple):
+    """What a layer reads: the padded buffer and the corner rule's inputs."""
+
+    buf: torch.Tensor
+    """[B, C, R, 5, H+2, W+2] padded charts in the layout (`layout.planes` gives the conv input)."""
+    patches: torch.Tensor
+    """[B, C, R, CHART_CORNERS, 9] padded 3x3 neighbourhoods of the chart corners (row-major)."""
+    corner_own: torch.Tensor
+    """[B, C, NUM_CORNERS] orientation mean at each corner (the chart corners, then N, S)."""
+    corner_neighbours: torch.Tensor
+    """[B, C, R, NUM_CORNERS, CORNER_NEIGHBOURS] each corner's neighbours, orientation channels aligned to
+    the corner."""
 
 
 class IcoSignal(NamedTuple):

@@ -1,0 +1,69 @@
+"""Batch-norm arithmetic shared by the plain and the fused batch norm (`norm`, `fused`): statistics
+per channel over batch, orientations and every vertex (summed over the ranks when synced), the
+affine map they give, and the closed-form backward."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def channel_sums(charts: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
+    """Per-channel sums over everything else of memory-order charts [..., C, R] and poles [B, C, R, 2]."""
+    c, r = charts.shape[-2:]
+    return charts.reshape(-1, c * r).sum(0).view(c, r).sum(1) + poles.sum((0, 2, 3))
+
+
+def batch_statistics(charts: torch.Tensor, poles: torch.Tensor, syncing: bool, group: object | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and (biased) variance of memory-order charts [..., C, R] and poles [B, C, R, 2]
+    together, in float32 or wider, summed over the ranks of `group` when `syncing`; and the count."""
+    acc = torch.promote_types(charts.dtype, torch.float32)
+    c = charts.shape[-2]
+    count = charts.numel() // c + poles.numel() // c
+    total = channel_sums(charts.to(acc), poles.to(acc))
+    if syncing:
+        stats = torch.cat([total, total.new_tensor([count])])
+        dist.all_reduce(stats, group=group)
+        total, count = stats[:-1], int(stats[-1].item())
+    mean = total / count
+    centred = channel_sums((charts.to(acc) - mean.view(c, 1)).square(), (poles.to(acc) - mean.view(c, 1, 1)).square())
+    if syncing:
+        dist.all_reduce(centred, group=group)
+    return mean, centred / count, count
+
+
+def affine_of(mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with normalised = scale · x + shift, per channel."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return scale, shift
+
+
+def batch_norm_grads(ctx, g_charts: torch.Tensor, g_poles: torch.Tensor, charts: torch.Tensor, poles: torch.Tensor,
+                     weight: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Closed-form batch-norm backward: input gradients of charts and poles, then weight's and bias's.
+    `ctx` carries count, syncing, group and needs_input_grad (weight at 2, bias at 3)."""
+    acc = mean.dtype
+    c = mean.shape[0]
+    g_charts, g_poles = g_charts.to(acc), g_poles.to(acc)
+    sum_g = channel_sums(g_charts, g_poles)
+    sum_gx = channel_sums(g_charts * charts.to(acc), g_poles * poles.to(acc))
+    sum_gxhat = (sum_gx - mean * sum_g) * invstd
+    grad_weight = sum_gxhat if weight is not None and ctx.needs_input_grad[2] else None
+    grad_bias = sum_g if ctx.needs_input_grad[3] else None
+    if ctx.syncing:
+        both = torch.cat([sum_g, sum_gxhat])
+        dist.all_reduce(both, group=ctx.group)
+        sum_g, sum_gxhat = both[:c], both[c:]
+    # grad_x = k (g - mean(g) - xhat mean(g xhat)) = k g + a x + b, per channel
+    k = invstd if weight is None else invstd * weight
+    a = -k * invstd * sum_gxhat / ctx.count
+    b = -k * sum_g / ctx.count - a * mean
+    dtype = charts.dtype
+    k, a, b = k.to(dtype), a.to(dtype), b.to(dtype)
+    grad_charts = torch.addcmul(b.view(c, 1), charts, a.view(c, 1)).addcmul_(g_charts.to(dtype), k.view(c, 1))
+    grad_poles = torch.addcmul(b.view(c, 1, 1), poles, a.view(c, 1, 1)).addcmul_(g_poles.to(dtype), k.view(c, 1, 1))
+    return grad_charts, grad_poles, grad_weight, grad_bias
