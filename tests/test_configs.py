@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from icolightning.config import CONFIG_DIR, instantiate_list, instantiate_module
 from icolightning.errors import UsageError
@@ -167,11 +167,18 @@ def test_every_group_option_composes_and_resolves(tmp_path, group, option):
     """Each option composes into the train config and its own node resolves (an option alone need
     not make a job with the other defaults: spherical_mnist data needs the classifier that its
     experiments choose, and those are composed and instantiated above)."""
-    cfg = _compose(tmp_path, [f"{group}={option}"])
-    own = OmegaConf.load(CONF / group / f"{option}.yaml")
+    in_defaults = any(group in entry for entry in OmegaConf.load(CONF / "train.yaml").defaults
+                      if isinstance(entry, dict | DictConfig))
+    cfg = _compose(tmp_path, [f"{'' if in_defaults else '+'}{group}={option}"])
+    text = (CONF / group / f"{option}.yaml").read_text()
+    own = OmegaConf.create(text)
     if group == "hydra":
         assert cfg.hydra.output_subdir == ".hydra" and cfg.hydra.job_logging.root.level
         return
-    node = OmegaConf.to_container(cfg[group], resolve=True)
+    header = text.splitlines()[0]
+    package = header.removeprefix("# @package ").strip() if header.startswith("# @package ") else group
+    node = OmegaConf.to_container(OmegaConf.select(cfg, package), resolve=True) if package != "_global_" else {}
     if "_target_" in own:
         assert node["_target_"] == own["_target_"]
+    if "kind" in own:  # the dask group: where preprocessing runs
+        assert node["kind"] == own["kind"]
