@@ -239,23 +239,16 @@ class GaugePadRoutes:
 
 
 @functools.lru_cache(maxsize=16)
-def gauge_pad_routes(level: int) -> GaugePadRoutes:
-    """The routes of GaugePad at one level (see `GaugePadRoutes`)."""
-    grid = IcoGrid(level)
-    table = padding_table(level)
-    height, width = grid.chart_shape
-    padded_plane, plane = (height + 2) * (width + 2), height * width
-    padded_cell = table.chart * padded_plane + table.hp * (width + 2) + table.wp
-    kind = {k: table.kind == k for k in (REGULAR, CORNER, UNUSED)}
-    corner_pix = grid.chart_corner_pixels()
-    slot_of = {int(v): k for k, v in enumerate(grid.corners)}
-    route_of = {int(padded_cell[i]): (int(table.kind[i]), int(table.source[i]), int(table.shift[i]),
-                                      int(table.corner_slot[i])) for i in range(len(table.kind))}
+def _padded_index(vertex: int, height: int, width: int) -> int:
+    """Flat index in the padded charts [5, H+2, W+2] of chart vertex `vertex` (chart-major, row-major)."""
+    chart, pos = divmod(vertex, height * width)
+    return chart * (height + 2) * (width + 2) + (pos // width + 1) * (width + 2) + pos % width + 1
 
-    def padded(vertex: int) -> int:
-        chart, pos = divmod(vertex, plane)
-        return chart * padded_plane + (pos // width + 1) * (width + 2) + pos % width + 1
 
+def _strip_routes(route_of: dict, height: int, width: int) -> tuple[list, dict]:
+    """Forward: what each border cell of each chart copies (source pixel, shift), in strip order;
+    and, per source pixel, the border cells copied from it (for the backward pulls)."""
+    padded_plane = (height + 2) * (width + 2)
     strip_cells = ([(0, wp) for wp in range(width + 2)] + [(height + 1, wp) for wp in range(width + 2)]
                    + [(hp, 0) for hp in range(1, height + 1)] + [(hp, width + 1) for hp in range(1, height + 1)])
     strips, pulls_of = [], {}
@@ -263,23 +256,32 @@ def gauge_pad_routes(level: int) -> GaugePadRoutes:
         for hp, wp in strip_cells:
             cell = chart * padded_plane + hp * (width + 2) + wp
             kind_, source, shift, _ = route_of[cell]
-            strips.append((padded(source), shift) if kind_ == REGULAR else (0, 0))
+            strips.append((_padded_index(source, height, width), shift) if kind_ == REGULAR else (0, 0))
             if kind_ == REGULAR:
                 pulls_of.setdefault(source, []).append((cell, -shift))
-    # Backward pulls each boundary pixel's gradient from the border cells copied from it: the
-    # first through one gather laid out like the boundary strips, a rare second through a small
-    # scatter. Corner pixels have none; their gradient is set last.
+    return strips, pulls_of
+
+
+def _boundary_pulls(pulls_of: dict, height: int, width: int) -> tuple[list, list, list]:
+    """Backward pulls each boundary pixel's gradient from the border cells copied from it: the
+    first through one gather laid out like the boundary strips, a rare second through a small
+    scatter. Corner pixels have none; their gradient is set last."""
     boundary = ([(0, w) for w in range(width)] + [(height - 1, w) for w in range(width)]
                 + [(h, 0) for h in range(1, height - 1)] + [(h, width - 1) for h in range(1, height - 1)])
     boundary_pull, extra_pull, extra_dst = [], [], []
     for chart in range(NUM_CHARTS):
         for h, w in boundary:
-            vertex = chart * plane + h * width + w
-            pulls = pulls_of.get(vertex, [(padded(vertex), 0)])
+            vertex = chart * height * width + h * width + w
+            pulls = pulls_of.get(vertex, [(_padded_index(vertex, height, width), 0)])
             boundary_pull.append(pulls[0])
             extra_pull += pulls[1:]
             extra_dst += [vertex] * len(pulls[1:])
+    return boundary_pull, extra_pull, extra_dst
 
+
+def _patch_routes(corner_pix: np.ndarray, route_of: dict, height: int, width: int) -> tuple[np.ndarray, list]:
+    """The padded 3x3 neighbourhood cells of each chart corner and the route that fills each."""
+    padded_plane, plane = (height + 2) * (width + 2), height * width
     patch_cells = (corner_pix[:, :1] * padded_plane + (corner_pix[:, 1:2] + np.repeat(np.arange(3), 3)) * (width + 2)
                    + corner_pix[:, 2:3] + np.tile(np.arange(3), 3)).ravel()
     patch_routes = []
@@ -287,6 +289,33 @@ def gauge_pad_routes(level: int) -> GaugePadRoutes:
         chart, pos = divmod(int(cell), padded_plane)
         own = chart * plane + (pos // (width + 2) - 1) * width + pos % (width + 2) - 1
         patch_routes.append(route_of.get(int(cell), (REGULAR, own, 0, -1)))
+    return patch_cells, patch_routes
+
+
+def _route(pairs: list[tuple[int, int]]) -> Route:
+    cells = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return Route(cells[:, 0], cells[:, 1])
+
+
+def gauge_pad_routes(level: int) -> GaugePadRoutes:
+    """The routes of GaugePad at one level (see `GaugePadRoutes`)."""
+    grid = IcoGrid(level)
+    table = padding_table(level)
+    height, width = grid.chart_shape
+    plane = height * width
+    padded_cell = table.chart * (height + 2) * (width + 2) + table.hp * (width + 2) + table.wp
+    kind = {k: table.kind == k for k in (REGULAR, CORNER, UNUSED)}
+    corner_pix = grid.chart_corner_pixels()
+    slot_of = {int(v): k for k, v in enumerate(grid.corners)}
+    route_of = {int(padded_cell[i]): (int(table.kind[i]), int(table.source[i]), int(table.shift[i]),
+                                      int(table.corner_slot[i])) for i in range(len(table.kind))}
+
+    def padded(vertex: int) -> int:
+        return _padded_index(vertex, height, width)
+
+    strips, pulls_of = _strip_routes(route_of, height, width)
+    boundary_pull, extra_pull, extra_dst = _boundary_pulls(pulls_of, height, width)
+    patch_cells, patch_routes = _patch_routes(corner_pix, route_of, height, width)
     patch_kind = np.array([route[0] for route in patch_routes])
     patch_copy = np.flatnonzero(patch_kind == REGULAR)
     patch_corner = np.flatnonzero(patch_kind == CORNER)
@@ -298,12 +327,8 @@ def gauge_pad_routes(level: int) -> GaugePadRoutes:
     neighbour_copy = np.flatnonzero(~nb_is_corner)
     corner_pixel_vertex = corner_pix[:, 0] * plane + corner_pix[:, 1] * width + corner_pix[:, 2]
 
-    def route(pairs: list[tuple[int, int]]) -> Route:
-        cells = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-        return Route(cells[:, 0], cells[:, 1])
-
     return GaugePadRoutes(
-        strips=route(strips),
+        strips=_route(strips),
         corner_cells=Route(padded_cell[kind[CORNER]]),
         corner_cell_slot=table.corner_slot[kind[CORNER]],
         unused_cells=Route(padded_cell[kind[UNUSED]]),
@@ -312,11 +337,11 @@ def gauge_pad_routes(level: int) -> GaugePadRoutes:
         neighbours=Route(np.array([padded(int(v)) for v in nb_pixel], dtype=np.int64), corners.toward.ravel()),
         neighbour_is_corner=corners.neighbour_is_corner,
         neighbour_slot=np.array([[slot_of.get(int(v), 0) for v in row] for row in corners.neighbours]),
-        boundary_pull=route(boundary_pull),
-        extra_pull=route(extra_pull),
+        boundary_pull=_route(boundary_pull),
+        extra_pull=_route(extra_pull),
         extra_dst=Route(np.array(extra_dst, dtype=np.int64)),
         patch_copy=patch_copy,
-        patch_copy_dst=route([patch_routes[i][1:3] for i in patch_copy]),
+        patch_copy_dst=_route([patch_routes[i][1:3] for i in patch_copy]),
         patch_corner=patch_corner,
         patch_corner_slot=np.array([patch_routes[i][3] for i in patch_corner], dtype=np.int64),
         neighbour_copy=neighbour_copy,
