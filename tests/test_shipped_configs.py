@@ -17,7 +17,7 @@ import hydra
 import pytest
 import torch
 from checkpoints import stats
-from cli_runs import compose_config, run_cli
+from cli_runs import compose_config, free_port, run_cli
 from torch.utils.data import DataLoader
 
 from icolightning.config import CONFIG_DIR, instantiate_module
@@ -63,7 +63,8 @@ def test_shipped_ddp_trainer_with_its_precision_on_cpu(tmp_path):
     assert (cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.sync_batchnorm) == ("ddp", "bf16-mixed", True)
     done = run_cli("icolightning-train", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                                           "debug=tiny", "trainer.max_epochs=1", "test=false", "plots=false",
-                                          f"paths.root_dir={tmp_path}", "name=ddp"], cwd=tmp_path, timeout=400)
+                                          f"paths.root_dir={tmp_path}", "name=ddp"], cwd=tmp_path, timeout=400,
+                   extra_env={"MASTER_PORT": str(free_port())})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bfloat16" in done.stdout + done.stderr  # Lightning's note on the precision it runs with
     results = json.loads((tmp_path / "outputs" / "train" / "ddp" / "metrics.json").read_text())
