@@ -37,6 +37,7 @@ def test_train_leaves_checkpoints_metrics_and_figures(trained):
     assert (run / "csv" / "metrics.csv").is_file()
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["global_step"] == results["global_step"] > 0
+    assert saved["host_memory_reuse"] is True  # conf/train.yaml turns glibc's memory reuse on (Linux, glibc)
     for key in ("test/mAP", "test/mean_acc", "test/mean_iou", "test/acc_TC", "test/iou_AR"):
         assert 0.0 <= saved["test"][key] <= 1.0
     test = saved["test"]  # the means are the means of the per-class values (every class is in the test split)

@@ -25,6 +25,7 @@ from icolightning.jobs.common import (
 )
 from icolightning.lightning.base import IcoTask
 from icolightning.lightning.segmentation import SegmentationModule
+from icolightning.nn.allocator import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     ensure_synthetic_data(cfg)
     run_dir = output_dir(cfg)
+    memory_reuse = bool(cfg.get("reuse_freed_memory")) and reuse_freed_memory()  # before any activation
     datamodule = hydra.utils.instantiate(cfg.data)
     model: IcoTask = instantiate_module(cfg.model)
     loggers = instantiate_list(cfg.get("logger"))
     callbacks = without_logger_callbacks(instantiate_list(cfg.get("callbacks")), loggers)
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
-    results: dict[str, Any] = {"run_dir": str(run_dir), "config": to_primitive(cfg.model)}
+    results: dict[str, Any] = {"run_dir": str(run_dir), "config": to_primitive(cfg.model),
+                               "host_memory_reuse": memory_reuse}
     if cfg.train:
         started = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=agreed_ckpt_path(trainer, cfg.ckpt_path, run_dir),

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from icolightning.nn.batch_stats import affine_of, batch_norm_grads
 from icolightning.nn.layout import charts_view, empty_planes, from_planes
-from icolightning.nn.padding import _corner_shapes, _Tables, fill_border, gauge_pad_backward
+from icolightning.nn.padding import PadTables, corner_grads, fill_border, gauge_pad_backward
 from icolightning.nn.signal import IcoSignal, Padded
 
 
@@ -45,7 +45,7 @@ class _NormReluPad(torch.autograd.Function):
         if relu:
             interior.clamp_min_(0)
             out_poles.clamp_min_(0)
-        patches, means, neighbours = fill_border(planes, out_poles, level, _Tables(names, list(tables)))
+        patches, means, neighbours = fill_border(planes, out_poles, level, PadTables(names, list(tables)))
         ctx.save_for_backward(charts, poles, weight, bias, mean, invstd, planes, out_poles, *tables)
         ctx.relu, ctx.level, ctx.names, ctx.num_tables = relu, level, names, len(tables)
         ctx.count, ctx.syncing, ctx.group = reduction
@@ -58,8 +58,7 @@ class _NormReluPad(torch.autograd.Function):
         charts, poles, weight, bias, mean, invstd, planes, out_poles, *tables = ctx.saved_tensors
         b, r = charts.shape[0], charts.shape[-1]
         c = charts.shape[-2]
-        zeros = [torch.zeros(shape, dtype=charts.dtype, device=charts.device) for shape in _corner_shapes(b, c, r)]
-        g_patches, g_own, g_nb = (z if g is None else g for g, z in zip((g_patches, g_own, g_nb), zeros, strict=True))
+        g_patches, g_own, g_nb = corner_grads((g_patches, g_own, g_nb), b, c, r, charts)
         if g_planes is None:
             g_planes = torch.zeros_like(planes)
         interior, g_pad_poles = gauge_pad_backward(g_planes.contiguous(memory_format=torch.channels_last), g_patches,
@@ -68,7 +67,7 @@ class _NormReluPad(torch.autograd.Function):
         g_poles = g_pad_poles if g_poles is None else g_poles + g_pad_poles
         if ctx.relu:
             g_charts = _relu_backward(g_charts, planes, charts, affine_of(mean, invstd, weight, bias),
-                                      _Tables(ctx.names, tables).corner_pixels_dst_cell)
+                                      PadTables(ctx.names, tables).corner_pixels_dst_cell)
             g_poles = torch.ops.aten.threshold_backward(g_poles, out_poles, 0)
         grads = batch_norm_grads(ctx, g_charts, g_poles, charts, poles, weight, mean, invstd)
         return (*grads, None, None, None, None, None, None, *([None] * ctx.num_tables))

@@ -100,7 +100,7 @@ def table_arrays(routes: GaugePadRoutes) -> dict[str, np.ndarray]:
     return arrays
 
 
-class _Tables:
+class PadTables:
     """The padding's tables by name. The custom ops receive them as `names` (comma-separated) and the
     tensors in the same order, and rebuild the mapping here: no table is ever found by its position."""
 
@@ -124,15 +124,15 @@ def gauge_pad(charts: torch.Tensor, poles: torch.Tensor, level: int, names: str,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """charts [B, C, R, 5, H, W], poles [B, C, R, 2] -> the padded charts as a channels-last
     [B·5, C·R, H+2, W+2] image batch, then the corner rule's inputs (see `Padded`); `names` names the
-    `tables` (see `_Tables`)."""
-    t = _Tables(names, tables)
+    `tables` (see `PadTables`)."""
+    t = PadTables(names, tables)
     b, c, r, _, h, w = charts.shape
     planes = empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts)
     planes.view(b, NUM_CHARTS, c, r, h + 2, w + 2)[..., 1:-1, 1:-1] = charts.permute(0, 3, 1, 2, 4, 5)
     return (planes, *fill_border(planes, poles, level, t))
 
 
-def fill_border(planes: torch.Tensor, poles: torch.Tensor, level: int, t: _Tables
+def fill_border(planes: torch.Tensor, poles: torch.Tensor, level: int, t: PadTables
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fill the border of channels-last [B·5, C·R, H+2, W+2] planes whose interior holds the charts
     (in place), and return the corner rule's inputs (patches, corner means, aligned neighbours)."""
@@ -163,6 +163,14 @@ def _corner_shapes(b: int, c: int, r: int) -> tuple[tuple[int, ...], ...]:
     return (b, c, r, CHART_CORNERS, 9), (b, c, NUM_CORNERS), (b, c, r, NUM_CORNERS, CORNER_NEIGHBOURS)
 
 
+def corner_grads(grads: tuple[torch.Tensor | None, ...], b: int, c: int, r: int, like: torch.Tensor
+                 ) -> list[torch.Tensor]:
+    """The gradients of (patches, corner_own, corner_neighbours), zeros where autograd passed None
+    (an output nobody used); the padding's backward needs all three."""
+    return [g if g is not None else torch.zeros(shape, dtype=like.dtype, device=like.device)
+            for g, shape in zip(grads, _corner_shapes(b, c, r), strict=True)]
+
+
 def _corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torch.Tensor]:
     return [like.new_empty(shape) for shape in _corner_shapes(b, c, r)]
 
@@ -171,7 +179,7 @@ def _corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torc
 def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: torch.Tensor, g_nb: torch.Tensor,
                        level: int, names: str, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of `gauge_pad`: the charts' as a channels-last [B·5, C·R, H, W] batch, the poles'."""
-    t = _Tables(names, tables)
+    t = PadTables(names, tables)
     b, c, r = g_patches.shape[:3]
     h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
     g_padded = _cells(g_planes, b, r)
@@ -210,8 +218,7 @@ def _save_for_backward(ctx, inputs, output) -> None:
 
 def _backward(ctx, g_planes, g_patches, g_own, g_nb):
     b, c, r, n, h, w = ctx.charts_shape
-    grads = [g if g is not None else torch.zeros(shape, dtype=g_planes.dtype, device=g_planes.device)
-             for g, shape in zip((g_patches, g_own, g_nb), _corner_shapes(b, c, r), strict=True)]
+    grads = corner_grads((g_patches, g_own, g_nb), b, c, r, g_planes)
     interior, g_poles = gauge_pad_backward(g_planes, *grads, ctx.level, ctx.names, list(ctx.saved_tensors))
     no_grads = [None] * len(ctx.saved_tensors)
     return interior.view(b, n, c, r, h, w).permute(0, 2, 3, 1, 4, 5), g_poles, None, None, no_grads
@@ -247,7 +254,7 @@ class GaugePad(nn.Module):
 
     def op_args(self) -> tuple[str, list[torch.Tensor]]:
         """The tables as the custom ops `gauge_pad` and `gauge_pad_backward` take them: names, tensors."""
-        return _Tables.op_args(self.tables())
+        return PadTables.op_args(self.tables())
 
     def forward(self, x: IcoSignal) -> Padded:
         if x.level != self.level:
