@@ -10,6 +10,7 @@ scripts/gpu_check.py compile step)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from icolightning.grid import IcoGrid
@@ -18,6 +19,7 @@ from icolightning.lightning import ClassificationModule
 LEVEL, STEPS = 2, 3
 
 
+@pytest.mark.slow  # 65-80 s of C++ compilation on 2 cores; the layers are compiled in test_layers
 def test_inductor_compiled_model_trains_like_the_eager_one():
     net = {"_target_": "icolightning.models.IcoClassifier", "in_channels": 2, "num_classes": 3, "level": LEVEL,
            "widths": [4, 8], "hidden": 8}

@@ -111,7 +111,10 @@ def uninterrupted(job) -> dict:
     return _weights(job, "reference")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["requeue_SIGUSR1", "preempt_SIGTERM"])
+# SIGTERM without the requeue is slow-marked (+20-40 s): one process takes the same signal path in
+# test_resume.py and test_preemption.py; `pytest -m slow tests/test_slurm.py` runs it on 2 processes.
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["requeue_SIGUSR1", "preempt_SIGTERM"])
 def test_signal_checkpoint_then_requeued_job_matches_uninterrupted(job, uninterrupted, signum):
     root, _, record = job
     name = f"signalled-{signum.name}"
