@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.cache.engine import Scheduler, run_jobs
-from datamodules.cache.store import CacheError, VertexStore
+from datamodules.cache.store import CacheError, TruncatedStoreError, VertexStore
 from datamodules.cache.version import CACHE_VERSION
 
 
@@ -27,7 +27,11 @@ def open_or_create(path: Path, create: dict[str, Any]) -> VertexStore:
     if path.exists():
         try:
             if store.complete:
-                store.check(steps=create["steps"], channels=create["channels"], level=create["level"])
+                try:
+                    store.check(steps=create["steps"], channels=create["channels"], level=create["level"])
+                except TruncatedStoreError as exc:
+                    warnings.warn(f"{exc}; rewriting their regions", RuntimeWarning, stacklevel=3)
+                    store.reopen_regions(sorted(store.truncated_regions()))
                 return store
             meta = store.meta
             same = {"version": CACHE_VERSION, "num_times": create["steps"], "level": create["level"],

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
+import os
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ import zarr
 from zarr.codecs import BytesCodec
 
 from datamodules.cache.version import CACHE_VERSION
+from datamodules.io.archive import consolidate
 from datamodules.io.atomic import atomic_path
 from icolightning.classes import NUM_CLASSES
 from icolightning.errors import DataError
@@ -43,6 +45,10 @@ _STAT_NAMES = ("stats_count", "stats_mean", "stats_m2")
 
 class CacheError(DataError, RuntimeError):
     """An existing cache entry cannot be used (truncated, corrupt, or from another config)."""
+
+
+class TruncatedStoreError(CacheError):
+    """A completed store with chunk files cut short; a build rewrites only their regions."""
 
 
 def partial_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,16 +92,18 @@ class StepArray:
 
     Each step is one uncompressed chunk (raw little-endian values, the zarr v3 `bytes` codec), so
     reading it is one `np.fromfile`, about 8x faster than going through zarr's async machinery; a
-    step zarr skipped because it equals the fill value reads as the fill value. Anything but a
-    single integer index (slices, `np.asarray`) goes through zarr.
+    step zarr skipped because it equals the fill value reads as the fill value, and a chunk file
+    of the wrong size (truncated after the store was completed) is a `CacheError` naming the step.
+    Anything but a single integer index (slices, `np.asarray`) goes through zarr.
     """
 
     def __init__(self, array: zarr.Array, folder: Path) -> None:
         self.array = array
         self.shape, self.dtype = array.shape, array.dtype
-        self._tail = "/".join(["0"] * (len(array.shape) - 1))
         self._folder = folder
+        self._chunk = (os.fspath(folder / "c") + os.sep, os.sep + os.sep.join(["0"] * (len(array.shape) - 1)))
         self._fill = array.metadata.fill_value
+        self._size = math.prod(self.shape[1:])
         codecs = array.metadata.codecs
         endian = getattr(codecs[0], "endian", "?") if len(codecs) == 1 else "?"
         self._raw = isinstance(codecs[0], BytesCodec) and (endian is None or endian.value == "little")
@@ -106,14 +114,38 @@ class StepArray:
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         return np.asarray(self.array[...], dtype=dtype)
 
+    def truncated_steps(self) -> list[int]:
+        """Steps whose chunk file exists with the wrong size (one `stat` per step, no reads)."""
+        if not self._raw:
+            return []
+        expected = self._size * self.dtype.itemsize
+        bad = []
+        for step in range(self.shape[0]):
+            try:
+                if os.stat(self.chunk_path(step)).st_size != expected:
+                    bad.append(step)
+            except FileNotFoundError:  # a chunk equal to the fill value is not written
+                pass
+        return bad
+
+    def chunk_path(self, step: int) -> str:
+        """The file holding time step `step` (a plain string: this runs once per sample)."""
+        head, tail = self._chunk
+        return f"{head}{step}{tail}"
+
     def __getitem__(self, index: object) -> np.ndarray:
         if not self._raw or not isinstance(index, int | np.integer):
             return self.array[index]
-        index = int(index) + (self.shape[0] if index < 0 else 0)
-        path = self._folder / "c" / str(index) / self._tail
-        if not path.is_file():
+        step = int(index) + (self.shape[0] if index < 0 else 0)
+        if not 0 <= step < self.shape[0]:
+            raise IndexError(f"{self._folder}: step {index} of {self.shape[0]}")
+        try:
+            values = np.fromfile(self.chunk_path(step), dtype=self.dtype.newbyteorder("<"))
+        except FileNotFoundError:
             return np.full(self.shape[1:], self._fill, dtype=self.dtype)
-        values = np.fromfile(path, dtype=self.dtype.newbyteorder("<"))
+        if values.size != self._size:
+            raise CacheError(f"{self._folder.parent}: variable {self._folder.name!r}, time step {step}: chunk "
+                             f"holds {values.size} of {self._size} values (truncated; delete the store to rebuild)")
         return values.astype(self.dtype, copy=False).reshape(self.shape[1:])
 
 
@@ -216,14 +248,29 @@ class VertexStore:
         missing = set(range(self.num_regions)) - self.done_regions()
         if missing:
             raise CacheError(f"{self.path}: regions {sorted(missing)[:5]} are not written")
-        with warnings.catch_warnings():  # consolidated metadata is for xarray; zarr 3 calls it non-standard
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(self.path)
+        consolidate(self.path)
         with atomic_path(self.path / _COMPLETE) as tmp:
             tmp.write_text("")
 
+    def truncated_regions(self) -> dict[int, list[str]]:
+        """{region: ["fields step 12", ...]} of the chunk files of the wrong size (cut short after the
+        store was completed: a full disk, a copy that stopped)."""
+        steps = self.meta["region_steps"]
+        found: dict[int, list[str]] = {}
+        for name, array in (("fields", self.fields()), ("labels", self.labels())):
+            for step in array.truncated_steps():
+                found.setdefault(step // steps, []).append(f"{name} step {step}")
+        return found
+
+    def reopen_regions(self, regions: Sequence[int]) -> None:
+        """Take back the completion and the markers of `regions`, so a build rewrites only them."""
+        (self.path / _COMPLETE).unlink(missing_ok=True)
+        for region in regions:
+            (self.path / f"{_REGION}{region:06d}").unlink(missing_ok=True)
+
     def check(self, *, steps: int | None, channels: int, level: int) -> None:
-        """Raise CacheError unless the store is complete and of the right version, shape and dtypes."""
+        """Raise CacheError unless the store is complete, of the right version, shape and dtypes, and
+        every chunk file has its size."""
         try:
             if not self.complete:
                 raise CacheError(f"{self.path}: not complete")
@@ -237,6 +284,10 @@ class VertexStore:
                 raise CacheError(f"labels are {labels.dtype}{labels.shape}, expected uint8{(steps, n)}")
             if meta["version"] != CACHE_VERSION:
                 raise CacheError(f"written by cache version {meta['version']}, this is {CACHE_VERSION}")
+            truncated = [where for found in self.truncated_regions().values() for where in found]
+            if truncated:
+                raise TruncatedStoreError(f"{self.path}: truncated chunk files: {', '.join(truncated[:5])}"
+                                          + (f" and {len(truncated) - 5} more" if len(truncated) > 5 else ""))
         except CacheError:
             raise
         except Exception as exc:

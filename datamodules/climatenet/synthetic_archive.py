@@ -16,6 +16,7 @@ import xarray as xr
 
 from datamodules.climatenet.schema import VARIABLES
 from datamodules.climatenet.synthetic import grid_coords, make_sample
+from datamodules.io.archive import consolidate
 from icolightning.classes import LABEL_VARIABLE
 
 
@@ -41,5 +42,6 @@ def generate_archive(out: str | Path, steps: int = 240, nlat: int = 24, nlon: in
               "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"})}
     ds = xr.Dataset(data, coords, attrs={"title": "synthetic ERA5-like archive (not real data)"})
     ds = ds.chunk({"time": time_chunk, "latitude": nlat, "longitude": nlon})
-    ds.to_zarr(out, mode="w", consolidated=True)
+    ds.to_zarr(out, mode="w", consolidated=False)
+    consolidate(out)
     return Path(out)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from datamodules.io.netcdf import LatLonFile
 from icolightning.errors import DataFileError
@@ -40,13 +42,32 @@ def _files(pattern: str) -> list[str]:
     return files
 
 
+def consolidate(path: str | Path) -> None:
+    """Consolidate a zarr store's metadata, so that xarray opens it with one read. zarr 3 warns on
+    every write that consolidated metadata is not yet in its specification (zarr and xarray read it),
+    and about every file that is not zarr's own (the vertex store's region and completion markers)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Object at \.\S+ is not recognized", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def _open_zarr(source: str) -> xr.Dataset:
+    """With consolidated metadata when the store has it (one read instead of one per array), else
+    without; xarray's own fallback (`consolidated=None`) warns on every open, by every worker."""
+    try:
+        return xr.open_zarr(source, consolidated=True)
+    except ValueError:  # no consolidated metadata in this store
+        return xr.open_zarr(source, consolidated=False)
+
+
 def open_archive(source: str) -> xr.Dataset:
     """Open a zarr store or a glob of netCDF files lazily; failures raise DataFileError."""
     try:
         if _GLOB_CHARS & set(source):
             return xr.open_mfdataset(_files(source), combine="by_coords", engine="netcdf4", cache=False,
                                      data_vars="minimal", coords="minimal", compat="override", join="exact")
-        return xr.open_zarr(source, consolidated=None)
+        return _open_zarr(source)
     except DataFileError:
         raise
     except Exception as exc:
