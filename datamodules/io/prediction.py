@@ -1,4 +1,4 @@
-"""Prediction on arbitrary lat-lon netCDF files, and writing masks back on their own grid.
+"""Prediction on arbitrary lat-lon netCDF files or archives, and writing masks back on their own grid.
 
 The input goes through the same reader and regridding as training (but not the cache: a file
 to predict on is read once) and is normalised with the statistics of the trained model, which
@@ -6,8 +6,11 @@ the caller passes in (e.g. from the checkpoint). Predicted vertex labels return 
 lat-lon grid by nearest neighbour (or area-weighted majority), probabilities by barycentric
 interpolation (or conservatively).
 
-Files are read (`PredictionSource.slabs`) and written (`PredictionWriter.write`) in slabs of time
-steps, so memory depends on the slab size and the grid, not on the number of steps in a file.
+An input is one netCDF file or an archive (a zarr store or a glob of multi-step netCDF files),
+opened by the archive opener that training uses (`datamodules.io.archive`). Inputs are read
+(`PredictionSource.slabs`/`read`) and written (`PredictionWriter.write`, or the zarr store of
+`datamodules.io.prediction_zarr`) in slabs of time steps, so memory depends on the slab size and
+the grid, not on the number of steps.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from datamodules.io.archive import ArchiveSource, is_archive
 from datamodules.io.atomic import atomic_path
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.slabs import SlabWriter
@@ -38,6 +42,7 @@ class FileGrid:
     """The lat-lon grid and time axis of an input file: what a prediction is written back onto."""
 
     path: Path
+    """The input (a file, a store or a glob), as errors and the output's attributes name it."""
     lat: np.ndarray
     lon: np.ndarray
     lat_dim: str
@@ -58,8 +63,15 @@ class PredictionInput:
     nan_vertices: dict[str, int] = field(default_factory=dict)
 
 
+def open_input(path: str | os.PathLike, variables: tuple[str, ...]) -> LatLonFile:
+    """A netCDF file, or an archive through the opener that training uses; lazily, nothing loaded."""
+    if is_archive(path):
+        return ArchiveSource(str(path)).open(variables, None)
+    return LatLonFile(path, variables)
+
+
 class PredictionSource:
-    """A CF lat-lon file read for prediction, slab by slab (a context manager).
+    """A CF lat-lon file or archive read for prediction, slab by slab (a context manager).
 
     `normalization` is a `Normalization` or its `to_dict()` (as stored in a checkpoint); it also
     fixes the variables, the level and, unless `method` is given, the regridding method.
@@ -71,7 +83,7 @@ class PredictionSource:
                  method: str | None = None) -> None:
         norm = normalization if isinstance(normalization, Normalization) else Normalization.from_dict(normalization)
         self.norm, self.method = norm, method or norm.method
-        self.file = LatLonFile(path, norm.variables)
+        self.file = open_input(path, norm.variables)
         data = self.file
         keep = [d for d in (data.time_dim, data.lat_dim, data.lon_dim) if d and d in data.ds.variables]
         self.grid = FileGrid(Path(path), data.lat, data.lon, data.lat_dim, data.lon_dim, data.time_dim,

@@ -1,5 +1,6 @@
-"""The job behind `icolightning-predict`: lat-lon netCDF in, masks and probabilities out on the
-input's own grid (reading, regridding and writing are the data pipeline's `datamodules.io.prediction`).
+"""The job behind `icolightning-predict`: lat-lon netCDF files or an archive (a zarr store or a glob of
+multi-step netCDF files) in, masks and probabilities out on the input's own grid (reading, regridding
+and writing are the data pipeline's `datamodules.io.prediction`).
 
 The files are the items of a Lightning predict loop, run by the Trainer of the `trainer` config
 group: one process by default, or DDP ranks (`trainer=ddp_cpu`, `trainer=ddp`) that Lightning
@@ -9,6 +10,7 @@ launches. Rank r of N predicts files r, r + N, ..., so each output is written by
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import xarray as xr
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from datamodules.io.archive import is_archive, open_archive
 from datamodules.io.netcdf import list_netcdf
 from datamodules.io.prediction import PredictionSource, PredictionWriter
 from datamodules.samplers import UnpaddedDistributedSampler
@@ -32,11 +35,24 @@ log = logging.getLogger(__name__)
 
 
 def input_files(path: str | Path) -> list[Path]:
+    """The inputs named by `input=`: a file, a folder of *.nc files, or one archive (a store or a glob)."""
+    if is_archive(path):
+        return [Path(path)]
     path = Path(path)
     files = list_netcdf(path) if path.is_dir() else [path]
     if not files or not files[0].exists():
-        raise DataFileError(path, "no netCDF input here (input= takes a file or a folder of *.nc files)")
+        raise DataFileError(path, "no netCDF input here (input= takes a file, a folder of *.nc files, a zarr store "
+                                  "or a glob of netCDF files)")
     return files
+
+
+def output_stem(source: Path) -> str:
+    """A file's stem, a store's name without .zarr, or a glob's file pattern without its wildcards
+    (`era5_*.nc` → `era5`; `*.nc` → the folder's name)."""
+    name = source.name.removesuffix(".zarr")
+    if set("*?[") & set(str(source)):
+        name = re.sub(r"[*?\[\]]", "", Path(name).stem).strip("_-.") or source.parent.name
+    return name
 
 
 @torch.no_grad()
@@ -68,7 +84,7 @@ def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: 
     stats = model.data_stats
     variables = list(stats["variables"])
     channel = background_channel(variables)
-    target = out_dir / f"{path.stem}_prediction.nc"
+    target = out_dir / f"{output_stem(path)}_prediction.nc"
     counts = np.zeros(len(model.class_names), dtype=np.int64)
     nan_vertices: dict[str, int] = {}
     with (PredictionSource(path, stats, options.input_method) as source,
@@ -98,7 +114,8 @@ def save_prediction_figure(target: Path, source: Path, variable: str, lat_dim: s
                            class_names: list[str]) -> Path:
     """`<name>_prediction.png`: the written file's first step on its lat-lon grid, as users read it
     back: LABELS filled per cell, the predicted class's probability as opacity, `variable` underneath."""
-    with xr.open_dataset(target) as out, xr.open_dataset(source) as inp:
+    opened = open_archive(str(source)) if is_archive(source) else xr.open_dataset(source)
+    with xr.open_dataset(target, engine="zarr" if target.suffix == ".zarr" else None) as out, opened as inp:
         labels = _first_step(out["LABELS"], lat_dim, lon_dim).astype(np.int64)
         probs = out["PROBABILITIES"].isel({d: 0 for d in out["PROBABILITIES"].dims
                                            if d not in ("class", lat_dim, lon_dim)})
