@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from checkpoints import write_checkpoint
-from cli_runs import compose_config
+from cli_runs import compose_config, run_cli
 
 from datamodules.climatenet.synthetic_archive import generate_archive
 from datamodules.io.netcdf import LatLonFile
+from datamodules.io.prediction_zarr import ZarrPredictionStore
 from icolightning.errors import DataFileError
 from icolightning.jobs.predict import predict
 
@@ -83,3 +86,85 @@ def test_bad_archive_is_one_line_naming_the_store_and_variable(inputs, change, p
         run_predict(root, ckpt, store, tmp_path / "out")
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{store}: variable 'V850': ") and problem in message
+
+
+@pytest.fixture(scope="module")
+def zarr_prediction(inputs, tmp_path_factory) -> Path:
+    """The archive predicted by one process into a zarr store, vertex outputs included."""
+    root, store, ckpt = inputs
+    target = tmp_path_factory.mktemp("zarr1") / "predictions.zarr"
+    assert run_predict(root, ckpt, store, target, "vertex_outputs=true") == {str(store): str(target)}
+    return target
+
+
+def test_zarr_output_holds_what_the_netcdf_output_holds_chunked_by_region(inputs, whole_file_prediction,
+                                                                          zarr_prediction) -> None:
+    _, store, _ = inputs
+    assert (zarr_prediction / ".complete").is_file()
+    assert sorted(p.name for p in zarr_prediction.glob(".region-*")) == [f".region-{r:06d}" for r in range(4)]
+    with xr.open_zarr(zarr_prediction) as out, xr.open_zarr(store) as source:
+        for name in ("LABELS", "PROBABILITIES"):  # values, dims, coordinates and CF attributes
+            xr.testing.assert_identical(out[name].load(), whole_file_prediction[name])
+        np.testing.assert_array_equal(out["time"].values, source["time"].values)
+        assert out["latitude"].attrs == source["latitude"].attrs
+        assert out["LABELS"].dtype == np.int8 and out["LABELS"].encoding["chunks"] == (6, 12, 24)
+        assert out["VERTEX_LABELS"].dims == ("time", "vertex") and out.sizes["vertex"] == 162
+        assert {"vertex_lat", "vertex_lon"} <= set(out["VERTEX_LABELS"].coords)
+        probs = out["VERTEX_PROBABILITIES"].values
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(out["VERTEX_LABELS"].values, probs.argmax(axis=1))
+
+
+def test_two_gloo_ranks_write_their_own_regions_into_one_store(inputs, zarr_prediction, tmp_path) -> None:
+    _, store, ckpt = inputs
+    target = tmp_path / "predictions.zarr"
+    done = run_cli("icolightning-predict", [f"ckpt_path={ckpt}", f"input={store}", f"output={target}",
+                                            "trainer=ddp_cpu", "plots=false", "slab_steps=6", "vertex_outputs=true",
+                                            f"paths.root_dir={tmp_path}", "name=ddp"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = tmp_path / "outputs" / "predict" / "ddp"
+    by_rank = [[line.split(" steps ")[1].split(" -> ")[0] for line in log.read_text().splitlines() if " -> " in line]
+               for log in (logs / "predict.log", logs / "train_ddp_process_1.log")]
+    assert by_rank == [["0..5", "12..17"], ["6..11", "18..19"]]  # each rank wrote its regions, nothing gathered
+    with xr.open_zarr(target) as two, xr.open_zarr(zarr_prediction) as one:
+        xr.testing.assert_identical(two.load(), one.load())
+    assert (target / ".complete").is_file()
+
+
+def test_a_killed_run_reruns_only_its_unmarked_regions(inputs, zarr_prediction, tmp_path, monkeypatch) -> None:
+    """A run dies in region 2 after writing part of its arrays (garbage, no marker); the rerun redoes
+    regions 2 and 3 only, whole, and the store equals the uninterrupted one."""
+    root, store, ckpt = inputs
+    target = tmp_path / "predictions.zarr"
+    write = ZarrPredictionStore.write_region
+    written: list[int] = []
+
+    def dies_in_region_2(self, region, labels, probabilities):
+        if region == 2:
+            zarr.open_group(self.path, mode="r+")["VERTEX_LABELS"][12:18] = 7
+            raise RuntimeError("killed")
+        write(self, region, labels, probabilities)
+
+    monkeypatch.setattr(ZarrPredictionStore, "write_region", dies_in_region_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_predict(root, ckpt, store, target, "vertex_outputs=true")
+    assert not (target / ".complete").exists()
+    monkeypatch.setattr(ZarrPredictionStore, "write_region",
+                        lambda self, region, *a: written.append(region) or write(self, region, *a))
+    run_predict(root, ckpt, store, target, "vertex_outputs=true", "plots=true")
+    assert written == [2, 3] and (target / ".complete").is_file()
+    assert (tmp_path / "predictions.png").is_file()
+    with xr.open_zarr(target) as again, xr.open_zarr(zarr_prediction) as one:
+        xr.testing.assert_identical(again.load(), one.load())
+    run_predict(root, ckpt, store, target, "vertex_outputs=true")  # complete: nothing left to do
+    assert written == [2, 3]
+
+
+def test_the_output_never_replaces_a_store_that_is_not_a_prediction(inputs, tmp_path) -> None:
+    root, store, ckpt = inputs
+    copy = _broken_store(store, tmp_path / "era5.zarr", lambda ds: ds)
+    with pytest.raises(DataFileError) as info:
+        run_predict(root, ckpt, store, copy)
+    assert str(info.value).startswith(f"{copy}: ") and "\n" not in str(info.value)
+    with xr.open_zarr(copy) as ds:
+        assert "V850" in ds

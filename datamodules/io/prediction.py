@@ -119,6 +119,26 @@ def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
+PROBABILITIES = "PROBABILITIES"
+PROBABILITY_ATTRIBUTES = {"long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}
+
+
+def label_attributes() -> dict[str, object]:
+    """CF flag attributes of the predicted `LABELS` (the same in netCDF and zarr outputs)."""
+    return {"long_name": f"Predicted labels: {labels_legend()}",
+            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8), "flag_meanings": " ".join(CLASS_NAMES)}
+
+
+def to_latlon(grid: FileGrid, labels: np.ndarray | torch.Tensor, probabilities: np.ndarray | torch.Tensor | None,
+              label_method: str = "nearest", method: str = "bilinear") -> tuple[np.ndarray, np.ndarray | None]:
+    """Vertex labels [t, N] (and probabilities [t, K, N]) back on the input's grid: int8 [t, nlat, nlon]
+    by `label_method`, float32 [t, K, nlat, nlon] by `method`."""
+    mask = ico_to_latlon(_numpy(labels).astype(np.int8), grid.lat, grid.lon, method=label_method)
+    if probabilities is None:
+        return mask, None
+    return mask, ico_to_latlon(_numpy(probabilities).astype(np.float32), grid.lat, grid.lon, method=method)
+
+
 class PredictionWriter:
     """Predicted `LABELS` (time, lat, lon) int8 with CF flag attributes and, if asked, `PROBABILITIES`
     (time, class, lat, lon) float32 on an input file's grid, written slab by slab.
@@ -147,14 +167,10 @@ class PredictionWriter:
         dims = (self.time_dim, grid.lat_dim, grid.lon_dim)
         sizes = {self.time_dim: grid.num_times, grid.lat_dim: grid.lat.size, grid.lon_dim: grid.lon.size,
                  "class": len(CLASS_NAMES)}
-        self.writer.add_variable(LABEL_VARIABLE, dims, sizes, np.dtype(np.int8), {
-            "long_name": f"Predicted labels: {labels_legend()}",
-            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8),
-            "flag_meanings": " ".join(CLASS_NAMES),
-        }, whole_dims=2)
+        self.writer.add_variable(LABEL_VARIABLE, dims, sizes, np.dtype(np.int8), label_attributes(), whole_dims=2)
         if self.probabilities:
-            self.writer.add_variable("PROBABILITIES", (dims[0], "class", *dims[1:]), sizes, np.dtype(np.float32), {
-                "long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}, whole_dims=2)
+            self.writer.add_variable(PROBABILITIES, (dims[0], "class", *dims[1:]), sizes, np.dtype(np.float32),
+                                     PROBABILITY_ATTRIBUTES, whole_dims=2)
         return self
 
     def write(self, start: int, labels: np.ndarray | torch.Tensor,
@@ -167,12 +183,10 @@ class PredictionWriter:
                              f"{labels.shape} at step {start}")
         if (probabilities is not None) != self.probabilities:
             raise ValueError("probabilities must be given exactly when the writer was made with probabilities=True")
-        lat, lon = self.grid.lat, self.grid.lon
-        mask = ico_to_latlon(labels.astype(np.int8), lat, lon, method=self.label_method)
+        mask, probs = to_latlon(self.grid, labels, probabilities, self.label_method, self.method)
         self.writer.write(LABEL_VARIABLE, (slice(start, stop),), mask)
-        if probabilities is not None:
-            probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), lat, lon, method=self.method)
-            self.writer.write("PROBABILITIES", (slice(start, stop),), probs)
+        if probs is not None:
+            self.writer.write(PROBABILITIES, (slice(start, stop),), probs)
         self._written[start:stop] = True
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
