@@ -15,7 +15,7 @@ from cli_runs import compose_config, run_cli
 from datamodules.climatenet.synthetic_archive import generate_archive
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.prediction_zarr import ZarrPredictionStore
-from icolightning.errors import DataFileError
+from icolightning.errors import DataFileError, UsageError
 from icolightning.jobs.predict import predict
 
 STEPS = 20
@@ -168,3 +168,57 @@ def test_the_output_never_replaces_a_store_that_is_not_a_prediction(inputs, tmp_
     assert str(info.value).startswith(f"{copy}: ") and "\n" not in str(info.value)
     with xr.open_zarr(copy) as ds:
         assert "V850" in ds
+
+
+
+def _predict_recording(monkeypatch, die_at: int | None = None):
+    """Record the regions written; at `die_at`, write half the region and raise as a kill would."""
+    written: list[int] = []
+    monkeypatch.undo()
+    write = ZarrPredictionStore.write_region
+
+    def recorded(self, region, labels, probabilities):
+        if region == die_at:
+            start, _ = self.region_bounds(region)
+            zarr.open_group(self.path, mode="r+")["LABELS"][start:start + 2] = 7
+            raise RuntimeError("killed while writing a region")
+        written.append(region)
+        write(self, region, labels, probabilities)
+
+    monkeypatch.setattr(ZarrPredictionStore, "write_region", recorded)
+    return written
+
+
+def test_an_interrupted_run_resumes_only_the_missing_regions(inputs, zarr_prediction, tmp_path,
+                                                             monkeypatch) -> None:
+    root, store, ckpt = inputs
+    target = tmp_path / "predictions.zarr"
+    written = _predict_recording(monkeypatch, die_at=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_predict(root, ckpt, store, target, "vertex_outputs=true")
+    assert written == [0, 1] and not (target / ".complete").exists()
+    assert sorted(p.name for p in target.glob(".region-*")) == [".region-000000", ".region-000001"]
+
+    written = _predict_recording(monkeypatch)
+    run_predict(root, ckpt, store, target, "vertex_outputs=true")
+    assert written == [2, 3] and (target / ".complete").is_file()  # the half-written region is redone, whole
+    with xr.open_zarr(target) as resumed, xr.open_zarr(zarr_prediction) as one:
+        xr.testing.assert_identical(resumed.load(), one.load())
+
+    written = _predict_recording(monkeypatch)
+    run_predict(root, ckpt, store, target, "vertex_outputs=true")
+    assert written == []  # complete: a rerun changes nothing
+    run_predict(root, ckpt, store, target)  # other options: the store is replaced, not mixed
+    assert written == [0, 1, 2, 3]
+    with xr.open_zarr(target) as replaced:
+        assert "VERTEX_LABELS" not in replaced and (target / ".complete").is_file()
+
+
+def test_outputs_that_cannot_be_written_are_refused(inputs, tmp_path) -> None:
+    root, store, ckpt = inputs
+    other = generate_archive(tmp_path / "other.zarr", steps=2, nlat=8, nlon=16)
+    with pytest.raises(DataFileError, match=f"^{other}: exists and is not an icolightning prediction store"):
+        run_predict(root, ckpt, store, other)
+    assert xr.open_zarr(other).sizes["time"] == 2  # left alone
+    with pytest.raises(UsageError, match="takes one input"):
+        run_predict(root, ckpt, root / "parts", tmp_path / "out.zarr")
