@@ -149,6 +149,7 @@ def test_a_killed_run_reruns_only_its_unmarked_regions(inputs, zarr_prediction, 
     with pytest.raises(RuntimeError, match="killed"):
         run_predict(root, ckpt, store, target, "vertex_outputs=true")
     assert not (target / ".complete").exists()
+    assert sorted(p.name for p in target.glob(".region-*")) == [".region-000000", ".region-000001"]
     monkeypatch.setattr(ZarrPredictionStore, "write_region",
                         lambda self, region, *a: written.append(region) or write(self, region, *a))
     run_predict(root, ckpt, store, target, "vertex_outputs=true", "plots=true")
@@ -158,6 +159,10 @@ def test_a_killed_run_reruns_only_its_unmarked_regions(inputs, zarr_prediction, 
         xr.testing.assert_identical(again.load(), one.load())
     run_predict(root, ckpt, store, target, "vertex_outputs=true")  # complete: nothing left to do
     assert written == [2, 3]
+    run_predict(root, ckpt, store, target)  # other options: the store is replaced, never mixed
+    assert written == [2, 3, 0, 1, 2, 3]
+    with xr.open_zarr(target) as replaced:
+        assert "VERTEX_LABELS" not in replaced and (target / ".complete").is_file()
 
 
 def test_the_output_never_replaces_a_store_that_is_not_a_prediction(inputs, tmp_path) -> None:
@@ -170,55 +175,8 @@ def test_the_output_never_replaces_a_store_that_is_not_a_prediction(inputs, tmp_
         assert "V850" in ds
 
 
-
-def _predict_recording(monkeypatch, die_at: int | None = None):
-    """Record the regions written; at `die_at`, write half the region and raise as a kill would."""
-    written: list[int] = []
-    monkeypatch.undo()
-    write = ZarrPredictionStore.write_region
-
-    def recorded(self, region, labels, probabilities):
-        if region == die_at:
-            start, _ = self.region_bounds(region)
-            zarr.open_group(self.path, mode="r+")["LABELS"][start:start + 2] = 7
-            raise RuntimeError("killed while writing a region")
-        written.append(region)
-        write(self, region, labels, probabilities)
-
-    monkeypatch.setattr(ZarrPredictionStore, "write_region", recorded)
-    return written
-
-
-def test_an_interrupted_run_resumes_only_the_missing_regions(inputs, zarr_prediction, tmp_path,
-                                                             monkeypatch) -> None:
-    root, store, ckpt = inputs
-    target = tmp_path / "predictions.zarr"
-    written = _predict_recording(monkeypatch, die_at=2)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_predict(root, ckpt, store, target, "vertex_outputs=true")
-    assert written == [0, 1] and not (target / ".complete").exists()
-    assert sorted(p.name for p in target.glob(".region-*")) == [".region-000000", ".region-000001"]
-
-    written = _predict_recording(monkeypatch)
-    run_predict(root, ckpt, store, target, "vertex_outputs=true")
-    assert written == [2, 3] and (target / ".complete").is_file()  # the half-written region is redone, whole
-    with xr.open_zarr(target) as resumed, xr.open_zarr(zarr_prediction) as one:
-        xr.testing.assert_identical(resumed.load(), one.load())
-
-    written = _predict_recording(monkeypatch)
-    run_predict(root, ckpt, store, target, "vertex_outputs=true")
-    assert written == []  # complete: a rerun changes nothing
-    run_predict(root, ckpt, store, target)  # other options: the store is replaced, not mixed
-    assert written == [0, 1, 2, 3]
-    with xr.open_zarr(target) as replaced:
-        assert "VERTEX_LABELS" not in replaced and (target / ".complete").is_file()
-
-
-def test_outputs_that_cannot_be_written_are_refused(inputs, tmp_path) -> None:
-    root, store, ckpt = inputs
-    other = generate_archive(tmp_path / "other.zarr", steps=2, nlat=8, nlon=16)
-    with pytest.raises(DataFileError, match=f"^{other}: exists and is not an icolightning prediction store"):
-        run_predict(root, ckpt, store, other)
-    assert xr.open_zarr(other).sizes["time"] == 2  # left alone
-    with pytest.raises(UsageError, match="takes one input"):
+def test_a_folder_of_files_into_one_zarr_store_asks_for_a_glob(inputs, tmp_path) -> None:
+    root, _, ckpt = inputs
+    with pytest.raises(UsageError, match=r"takes one input.*input='.*parts/\*\.nc'"):
         run_predict(root, ckpt, root / "parts", tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists()
