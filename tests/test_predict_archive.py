@@ -50,23 +50,25 @@ def whole_file_prediction(inputs, tmp_path_factory):
         return ds.load()
 
 
-@pytest.mark.parametrize("source", ["era5.zarr", "parts/era5_*.nc"], ids=["zarr", "glob"])
+@pytest.mark.parametrize("source", ["{root}/era5.zarr", "file://{root}/era5.zarr", "{root}/parts/era5_*.nc"],
+                         ids=["zarr", "url", "glob"])
 def test_archive_input_predicts_every_step_slab_by_slab(inputs, whole_file_prediction, source, tmp_path,
                                                         monkeypatch) -> None:
     root, _, ckpt = inputs
+    source = source.format(root=root)
     reads: list[tuple[int, int]] = []
     slab = LatLonFile._slab
     monkeypatch.setattr(LatLonFile, "_slab", lambda self, name, a, b: reads.append((a, b)) or slab(self, name, a, b))
-    written = run_predict(root, ckpt, root / source, tmp_path)
-    assert list(written) == [str(root / source)]
-    assert Path(written[str(root / source)]).name == "era5_prediction.nc"
+    written = run_predict(root, ckpt, source, tmp_path)
+    assert list(written) == [source]  # a URL stays a URL
+    assert Path(written[source]).name == "era5_prediction.nc"
     # each variable is read in slabs of at most slab_steps, never the whole archive at once
     assert sorted(set(reads)) == [(0, 6), (6, 12), (12, 18), (18, 20)] and len(reads) == 4 * 4
-    with xr.open_dataset(written[str(root / source)]) as out:
+    with xr.open_dataset(written[source]) as out:
         assert out["LABELS"].dims == ("time", "latitude", "longitude") and out.sizes["time"] == STEPS
         xr.testing.assert_identical(out["LABELS"], whole_file_prediction["LABELS"])
         xr.testing.assert_identical(out["PROBABILITIES"], whole_file_prediction["PROBABILITIES"])
-        assert out.attrs["source_file"] == str(root / source)
+        assert out.attrs["source_file"] == source
 
 
 def _broken_store(store: Path, target: Path, change) -> Path:

@@ -41,8 +41,8 @@ DEFAULT_SLAB_STEPS = 32
 class FileGrid:
     """The lat-lon grid and time axis of an input file: what a prediction is written back onto."""
 
-    path: Path
-    """The input (a file, a store or a glob), as errors and the output's attributes name it."""
+    path: Path | str
+    """The input as it was named: a file, a store, a glob or a URL (kept a string: Path would mangle it)."""
     lat: np.ndarray
     lon: np.ndarray
     lat_dim: str
@@ -86,7 +86,8 @@ class PredictionSource:
         self.file = open_input(path, norm.variables)
         data = self.file
         keep = [d for d in (data.time_dim, data.lat_dim, data.lon_dim) if d and d in data.ds.variables]
-        self.grid = FileGrid(Path(path), data.lat, data.lon, data.lat_dim, data.lon_dim, data.time_dim,
+        named = path if isinstance(path, str) and is_archive(path) else Path(path)
+        self.grid = FileGrid(named, data.lat, data.lon, data.lat_dim, data.lon_dim, data.time_dim,
                              data.num_times, data.ds[keep].load() if keep else xr.Dataset())
 
     def __enter__(self) -> PredictionSource:

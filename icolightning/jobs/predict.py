@@ -37,10 +37,14 @@ from icolightning.plots import background_channel, save_latlon_prediction_map
 log = logging.getLogger(__name__)
 
 
-def input_files(path: str | Path) -> list[Path]:
+Input = Path | str
+"""A netCDF file, or an archive as `input=` names it (a string, so that a URL stays one)."""
+
+
+def input_files(path: str | Path) -> list[Input]:
     """The inputs named by `input=`: a file, a folder of *.nc files, or one archive (a store or a glob)."""
     if is_archive(path):
-        return [Path(path)]
+        return [str(path)]
     path = Path(path)
     files = list_netcdf(path) if path.is_dir() else [path]
     if not files or not files[0].exists():
@@ -49,9 +53,10 @@ def input_files(path: str | Path) -> list[Path]:
     return files
 
 
-def output_stem(source: Path) -> str:
+def output_stem(source: Input) -> str:
     """A file's stem, a store's name without .zarr, or a glob's file pattern without its wildcards
     (`era5_*.nc` → `era5`; `*.nc` → the folder's name)."""
+    source = Path(str(source).rstrip("/"))
     name = source.name.removesuffix(".zarr")
     if set("*?[") & set(str(source)):
         name = re.sub(r"[*?\[\]]", "", Path(name).stem).strip("_-.") or source.parent.name
@@ -84,7 +89,7 @@ class PredictOptions:
         return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
 
-def predict_file(model: SegmentationModule, path: Path, out_dir: Path, options: PredictOptions) -> Path:
+def predict_file(model: SegmentationModule, path: Input, out_dir: Path, options: PredictOptions) -> Path:
     """Predict one file slab by slab (memory does not grow with its number of time steps)."""
     stats = model.data_stats
     variables = list(stats["variables"])
@@ -115,7 +120,7 @@ def _first_step(var: xr.DataArray, lat_dim: str, lon_dim: str) -> np.ndarray:
     return var.isel({d: 0 for d in var.dims if d not in (lat_dim, lon_dim)}).transpose(lat_dim, lon_dim).values
 
 
-def save_prediction_figure(target: Path, source: Path, variable: str, lat_dim: str, lon_dim: str,
+def save_prediction_figure(target: Path, source: Input, variable: str, lat_dim: str, lon_dim: str,
                            class_names: list[str]) -> Path:
     """`<name>_prediction.png`: the written file's first step on its lat-lon grid, as users read it
     back: LABELS filled per cell, the predicted class's probability as opacity, `variable` underneath."""
@@ -128,7 +133,7 @@ def save_prediction_figure(target: Path, source: Path, variable: str, lat_dim: s
         chosen = np.take_along_axis(probs, labels[None], axis=0)[0]
         return save_latlon_prediction_map(target.with_suffix(".png"), out[lat_dim].values, out[lon_dim].values,
                                           labels, class_names, chosen, _first_step(inp[variable], lat_dim, lon_dim),
-                                          f"{source.name}: predicted classes (first time step) over {variable}")
+                                          f"{Path(str(source)).name}: predicted classes (first step) over {variable}")
 
 
 def _only_item(items: list[Path]) -> Path:
@@ -142,7 +147,7 @@ class FilePredictor(L.LightningModule):
     none left out); Lightning keeps a `DistributedSampler` it is given instead of adding its own.
     """
 
-    def __init__(self, model: SegmentationModule, files: list[Path], out_dir: Path, options: PredictOptions) -> None:
+    def __init__(self, model: SegmentationModule, files: list[Input], out_dir: Path, options: PredictOptions) -> None:
         super().__init__()
         self.model = model
         self.files, self.out_dir, self.options = files, out_dir, options
@@ -151,18 +156,19 @@ class FilePredictor(L.LightningModule):
         sampler = UnpaddedDistributedSampler(self.files, num_replicas=self.trainer.world_size, rank=self.global_rank)
         return DataLoader(self.files, batch_size=1, sampler=sampler, collate_fn=_only_item)
 
-    def predict_step(self, path: Path, batch_idx: int) -> tuple[str, str]:
+    def predict_step(self, path: Input, batch_idx: int) -> tuple[str, str]:
         target = predict_file(self.model, path, self.out_dir, self.options)
         return str(path), str(target)
 
 
-def prediction_fingerprint(ckpt_path: str | Path, source: Path, options: PredictOptions) -> str:
+def prediction_fingerprint(ckpt_path: str | Path, source: Input, options: PredictOptions) -> str:
     """What a zarr output's values depend on: the checkpoint file, the input and the options (not plots)."""
     ckpt = Path(ckpt_path).stat()
     if is_archive(source):
         found = ArchiveSource(str(source)).fingerprint()
     else:
-        found = f"{source.stat().st_size}|{source.stat().st_mtime_ns}"
+        stat = Path(source).stat()
+        found = f"{stat.st_size}|{stat.st_mtime_ns}"
     kept = {k: v for k, v in asdict(options).items() if k != "plots"}
     parts = [str(Path(ckpt_path).resolve()), ckpt.st_size, ckpt.st_mtime_ns, str(source), found, kept]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -177,7 +183,7 @@ class RegionPredictor(L.LightningModule):
     (`teardown`, which runs also on a rank that had nothing to do), rank 0 marks the store complete.
     """
 
-    def __init__(self, model: SegmentationModule, source: Path, target: Path, options: PredictOptions,
+    def __init__(self, model: SegmentationModule, source: Input, target: Path, options: PredictOptions,
                  fingerprint: str) -> None:
         super().__init__()
         self.model = model
@@ -224,7 +230,7 @@ class RegionPredictor(L.LightningModule):
                                    grid.lat_dim, grid.lon_dim, self.model.class_names)
 
 
-def _zarr_predictor(model: SegmentationModule, cfg: DictConfig, files: list[Path], options: PredictOptions
+def _zarr_predictor(model: SegmentationModule, cfg: DictConfig, files: list[Input], options: PredictOptions
                     ) -> RegionPredictor:
     if len(files) != 1:
         raise UsageError(f"output={cfg.output} (a zarr store) takes one input: a file, a zarr store or a glob "
