@@ -1,4 +1,4 @@
-"""Prediction on arbitrary lat-lon netCDF files, and writing masks back on their own grid.
+"""Prediction on arbitrary lat-lon netCDF files or archives, and writing masks back on their own grid.
 
 The input goes through the same reader and regridding as training (but not the cache: a file
 to predict on is read once) and is normalised with the statistics of the trained model, which
@@ -6,8 +6,11 @@ the caller passes in (e.g. from the checkpoint). Predicted vertex labels return 
 lat-lon grid by nearest neighbour (or area-weighted majority), probabilities by barycentric
 interpolation (or conservatively).
 
-Files are read (`PredictionSource.slabs`) and written (`PredictionWriter.write`) in slabs of time
-steps, so memory depends on the slab size and the grid, not on the number of steps in a file.
+An input is one netCDF file or an archive (a zarr store or a glob of multi-step netCDF files),
+opened by the archive opener that training uses (`datamodules.io.archive`). Inputs are read
+(`PredictionSource.slabs`/`read`) and written (`PredictionWriter.write`, or the zarr store of
+`datamodules.io.prediction_zarr`) in slabs of time steps, so memory depends on the slab size and
+the grid, not on the number of steps.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from datamodules.io.archive import ArchiveSource, is_archive
 from datamodules.io.atomic import atomic_path
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.slabs import SlabWriter
@@ -37,7 +41,8 @@ DEFAULT_SLAB_STEPS = 32
 class FileGrid:
     """The lat-lon grid and time axis of an input file: what a prediction is written back onto."""
 
-    path: Path
+    path: Path | str
+    """The input as it was named: a file, a store, a glob or a URL (kept a string: Path would mangle it)."""
     lat: np.ndarray
     lon: np.ndarray
     lat_dim: str
@@ -58,8 +63,15 @@ class PredictionInput:
     nan_vertices: dict[str, int] = field(default_factory=dict)
 
 
+def open_input(path: str | os.PathLike, variables: tuple[str, ...]) -> LatLonFile:
+    """A netCDF file, or an archive through the opener that training uses; lazily, nothing loaded."""
+    if is_archive(path):
+        return ArchiveSource(str(path)).open(variables, None)
+    return LatLonFile(path, variables)
+
+
 class PredictionSource:
-    """A CF lat-lon file read for prediction, slab by slab (a context manager).
+    """A CF lat-lon file or archive read for prediction, slab by slab (a context manager).
 
     `normalization` is a `Normalization` or its `to_dict()` (as stored in a checkpoint); it also
     fixes the variables, the level and, unless `method` is given, the regridding method.
@@ -71,10 +83,11 @@ class PredictionSource:
                  method: str | None = None) -> None:
         norm = normalization if isinstance(normalization, Normalization) else Normalization.from_dict(normalization)
         self.norm, self.method = norm, method or norm.method
-        self.file = LatLonFile(path, norm.variables)
+        self.file = open_input(path, norm.variables)
         data = self.file
         keep = [d for d in (data.time_dim, data.lat_dim, data.lon_dim) if d and d in data.ds.variables]
-        self.grid = FileGrid(Path(path), data.lat, data.lon, data.lat_dim, data.lon_dim, data.time_dim,
+        named = path if isinstance(path, str) and is_archive(path) else Path(path)
+        self.grid = FileGrid(named, data.lat, data.lon, data.lat_dim, data.lon_dim, data.time_dim,
                              data.num_times, data.ds[keep].load() if keep else xr.Dataset())
 
     def __enter__(self) -> PredictionSource:
@@ -107,6 +120,26 @@ def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
+PROBABILITIES = "PROBABILITIES"
+PROBABILITY_ATTRIBUTES = {"long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}
+
+
+def label_attributes() -> dict[str, object]:
+    """CF flag attributes of the predicted `LABELS` (the same in netCDF and zarr outputs)."""
+    return {"long_name": f"Predicted labels: {labels_legend()}",
+            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8), "flag_meanings": " ".join(CLASS_NAMES)}
+
+
+def to_latlon(grid: FileGrid, labels: np.ndarray | torch.Tensor, probabilities: np.ndarray | torch.Tensor | None,
+              label_method: str = "nearest", method: str = "bilinear") -> tuple[np.ndarray, np.ndarray | None]:
+    """Vertex labels [t, N] (and probabilities [t, K, N]) back on the input's grid: int8 [t, nlat, nlon]
+    by `label_method`, float32 [t, K, nlat, nlon] by `method`."""
+    mask = ico_to_latlon(_numpy(labels).astype(np.int8), grid.lat, grid.lon, method=label_method)
+    if probabilities is None:
+        return mask, None
+    return mask, ico_to_latlon(_numpy(probabilities).astype(np.float32), grid.lat, grid.lon, method=method)
+
+
 class PredictionWriter:
     """Predicted `LABELS` (time, lat, lon) int8 with CF flag attributes and, if asked, `PROBABILITIES`
     (time, class, lat, lon) float32 on an input file's grid, written slab by slab.
@@ -135,14 +168,10 @@ class PredictionWriter:
         dims = (self.time_dim, grid.lat_dim, grid.lon_dim)
         sizes = {self.time_dim: grid.num_times, grid.lat_dim: grid.lat.size, grid.lon_dim: grid.lon.size,
                  "class": len(CLASS_NAMES)}
-        self.writer.add_variable(LABEL_VARIABLE, dims, sizes, np.dtype(np.int8), {
-            "long_name": f"Predicted labels: {labels_legend()}",
-            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8),
-            "flag_meanings": " ".join(CLASS_NAMES),
-        }, whole_dims=2)
+        self.writer.add_variable(LABEL_VARIABLE, dims, sizes, np.dtype(np.int8), label_attributes(), whole_dims=2)
         if self.probabilities:
-            self.writer.add_variable("PROBABILITIES", (dims[0], "class", *dims[1:]), sizes, np.dtype(np.float32), {
-                "long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}, whole_dims=2)
+            self.writer.add_variable(PROBABILITIES, (dims[0], "class", *dims[1:]), sizes, np.dtype(np.float32),
+                                     PROBABILITY_ATTRIBUTES, whole_dims=2)
         return self
 
     def write(self, start: int, labels: np.ndarray | torch.Tensor,
@@ -155,12 +184,10 @@ class PredictionWriter:
                              f"{labels.shape} at step {start}")
         if (probabilities is not None) != self.probabilities:
             raise ValueError("probabilities must be given exactly when the writer was made with probabilities=True")
-        lat, lon = self.grid.lat, self.grid.lon
-        mask = ico_to_latlon(labels.astype(np.int8), lat, lon, method=self.label_method)
+        mask, probs = to_latlon(self.grid, labels, probabilities, self.label_method, self.method)
         self.writer.write(LABEL_VARIABLE, (slice(start, stop),), mask)
-        if probabilities is not None:
-            probs = ico_to_latlon(_numpy(probabilities).astype(np.float32), lat, lon, method=self.method)
-            self.writer.write("PROBABILITIES", (slice(start, stop),), probs)
+        if probs is not None:
+            self.writer.write(PROBABILITIES, (slice(start, stop),), probs)
         self._written[start:stop] = True
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
