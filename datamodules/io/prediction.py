@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.cf import CF_VERSION, label_attrs, latlon_coords
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.slabs import SlabWriter
 from datamodules.normalization import Normalization
@@ -128,21 +129,22 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         grid = self.grid
         tmp = self._stack.enter_context(atomic_path(self.out_path))
-        skeleton = xr.Dataset(coords=grid.coords.coords,
-                              attrs={"title": "icolightning predictions", "source_file": str(grid.path)})
+        own = {dim: grid.coords[dim].attrs for dim in (grid.lat_dim, grid.lon_dim) if dim in grid.coords}
+        latlon = latlon_coords(grid.lat_dim, grid.lon_dim, grid.lat, grid.lon, own)
+        skeleton = xr.Dataset(coords=dict(grid.coords.coords) | latlon, attrs={
+            "Conventions": CF_VERSION, "title": "icolightning predictions", "source_file": str(grid.path),
+            "history": f"icolightning-predict {grid.path.name}"})
         self.writer = SlabWriter(tmp, skeleton)
         self._stack.callback(self.writer.close)
         dims = (self.time_dim, grid.lat_dim, grid.lon_dim)
         sizes = {self.time_dim: grid.num_times, grid.lat_dim: grid.lat.size, grid.lon_dim: grid.lon.size,
                  "class": len(CLASS_NAMES)}
         self.writer.add_variable(LABEL_VARIABLE, dims, sizes, np.dtype(np.int8), {
-            "long_name": f"Predicted labels: {labels_legend()}",
-            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8),
-            "flag_meanings": " ".join(CLASS_NAMES),
-        }, whole_dims=2)
+            "long_name": f"Predicted labels: {labels_legend()}", **label_attrs(CLASS_NAMES)}, whole_dims=2)
         if self.probabilities:
             self.writer.add_variable("PROBABILITIES", (dims[0], "class", *dims[1:]), sizes, np.dtype(np.float32), {
-                "long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}, whole_dims=2)
+                "long_name": "Predicted class probabilities", "units": "1", "classes": " ".join(CLASS_NAMES)},
+                whole_dims=2)
         return self
 
     def write(self, start: int, labels: np.ndarray | torch.Tensor,
