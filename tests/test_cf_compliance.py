@@ -127,5 +127,5 @@ def test_labels_the_narrow_type_cannot_hold_are_refused(tmp_path) -> None:
     label = generate_dataset(tmp_path / "data", n_train=1, n_test=0, nlat=12, nlon=24, seed=2)[0]
     with netCDF4.Dataset(label, "a") as nc:
         nc["LABELS"][:] = 300
-    with pytest.raises(DataFileError, match="LABELS.*300 do not fit in int8"):
+    with pytest.raises(DataFileError, match=r"LABELS.*300 do not fit in int8"):
         regrid_netcdf(label, tmp_path / "ico.nc", 1, ["LABELS"], progress=False)
