@@ -70,7 +70,8 @@ def main() -> None:
         rates = {w: loader_rate(Path(tmp) / "data", Path(tmp) / "cache", args.level, w, args.epochs)
                  for w in (0, 2)}
     model = model_rate(args.level, device, dtype, args.repeats)
-    print(f"{'model training step (IcoUNet ' + str(DEFAULT_WIDTHS) + ', ' + str(device) + ')':<52}{model:9.1f} samples/s")
+    label = f"model training step (IcoUNet {DEFAULT_WIDTHS}, {device})"
+    print(f"{label:<52}{model:9.1f} samples/s")
     for workers, rate in rates.items():
         ratio = rate / model
         print(f"{f'loader, num_workers={workers}':<52}{rate:9.0f} samples/s  {ratio:8.0f}x the model "

@@ -4,7 +4,8 @@ Every selected variable with both grid dimensions becomes (..., vertex); its oth
 (time, levels, ...) and attributes are kept, variables without grid dimensions are copied, and
 per-vertex `lat`/`lon` coordinates are added. Variables stored as integers on disk (labels,
 masks) use nearest neighbour or area-weighted majority (`label_method`), written back with their on-disk dtype and
-_FillValue, even when a _FillValue made xarray decode them to float; packed integers
+_FillValue, even when a _FillValue made xarray decode them to float (in a CF integer type when the file
+declares a CF version before 1.9: int64 labels with flag_values become int8, see `cf_integer_dtype`); packed integers
 (scale_factor/add_offset) are continuous fields and are interpolated like floats. Work
 proceeds one time step at a time and each step is appended to the output, so files larger than
 memory are fine.
@@ -20,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.cf import cast_typed, cf_integer_dtype
 from datamodules.io.netcdf import (
     DataFileError,
     find_latlon_dims,
@@ -79,12 +81,15 @@ def _skeleton(ds: xr.Dataset, names: list[str], grid_dims: tuple[str, str], leve
     return add_mesh(out, level).load()
 
 
-def _stored_encoding(var: xr.DataArray, dtype: np.dtype | None) -> dict:
-    """Integer variables are written back with their on-disk dtype and fill values."""
+def _stored(name: str, var: xr.DataArray, dtype: np.dtype | None, conventions: str) -> tuple[dict, dict]:
+    """(attributes, encoding) of an output variable: integers keep their on-disk dtype and fill values,
+    in a type the file's CF version allows (with their flag values and fill values in it)."""
+    attrs = {**var.attrs, **NODE_ATTRS}
     if dtype is None:
-        return {}
-    keys = ("_FillValue", "missing_value")
-    return {"dtype": dtype, **{key: var.encoding[key] for key in keys if var.encoding.get(key) is not None}}
+        return attrs, {}
+    kept = {key: var.encoding[key] for key in ("_FillValue", "missing_value") if var.encoding.get(key) is not None}
+    stored = cf_integer_dtype(dtype, {**var.attrs, **kept}, conventions)
+    return cast_typed(attrs, stored, name), {"dtype": stored, **cast_typed(kept, stored, name)}
 
 
 def regrid_netcdf(
@@ -124,8 +129,7 @@ def regrid_netcdf(
             sizes = {**ds.sizes, "vertex": n}
             for name in names:
                 writer.add_variable(name, (*lead[name], "vertex"), sizes, ds[name].dtype,
-                                    {**ds[name].attrs, **NODE_ATTRS},
-                                    _stored_encoding(ds[name], integer[name]))
+                                    *_stored(name, ds[name], integer[name], writer.nc.Conventions))
             for t in tqdm(range(steps), desc=f"regridding {in_path.name}", unit="step", disable=not progress):
                 for name in names:
                     var = ds[name]
@@ -140,9 +144,9 @@ def regrid_netcdf(
                     try:
                         out = latlon_to_ico(values, lat, lon, level, label_method if categorical else method, True,
                                             *bounds)
+                        writer.write(name, index, out.astype(ds[name].dtype, copy=False))
                     except ValueError as exc:
                         raise DataFileError(in_path, str(exc), name) from exc
-                    writer.write(name, index, out.astype(ds[name].dtype, copy=False))
         finally:
             writer.close()
     return out_path

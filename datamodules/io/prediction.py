@@ -27,6 +27,7 @@ import xarray as xr
 
 from datamodules.io.archive import ArchiveSource, is_archive
 from datamodules.io.atomic import atomic_path
+from datamodules.io.cf import CF_VERSION, label_attrs, latlon_coords
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.slabs import SlabWriter
 from datamodules.normalization import Normalization
@@ -121,13 +122,12 @@ def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 PROBABILITIES = "PROBABILITIES"
-PROBABILITY_ATTRIBUTES = {"long_name": "Predicted class probabilities", "classes": " ".join(CLASS_NAMES)}
+PROBABILITY_ATTRIBUTES = {"long_name": "Predicted class probabilities", "units": "1", "classes": " ".join(CLASS_NAMES)}
 
 
 def label_attributes() -> dict[str, object]:
     """CF flag attributes of the predicted `LABELS` (the same in netCDF and zarr outputs)."""
-    return {"long_name": f"Predicted labels: {labels_legend()}",
-            "flag_values": np.arange(len(CLASS_NAMES), dtype=np.int8), "flag_meanings": " ".join(CLASS_NAMES)}
+    return {"long_name": f"Predicted labels: {labels_legend()}", **label_attrs(CLASS_NAMES)}
 
 
 def to_latlon(grid: FileGrid, labels: np.ndarray | torch.Tensor, probabilities: np.ndarray | torch.Tensor | None,
@@ -161,8 +161,11 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         grid = self.grid
         tmp = self._stack.enter_context(atomic_path(self.out_path))
-        skeleton = xr.Dataset(coords=grid.coords.coords,
-                              attrs={"title": "icolightning predictions", "source_file": str(grid.path)})
+        own = {dim: grid.coords[dim].attrs for dim in (grid.lat_dim, grid.lon_dim) if dim in grid.coords}
+        latlon = latlon_coords(grid.lat_dim, grid.lon_dim, grid.lat, grid.lon, own)
+        skeleton = xr.Dataset(coords=dict(grid.coords.coords) | latlon, attrs={
+            "Conventions": CF_VERSION, "title": "icolightning predictions", "source_file": str(grid.path),
+            "history": f"icolightning-predict {grid.path.name}"})
         self.writer = SlabWriter(tmp, skeleton)
         self._stack.callback(self.writer.close)
         dims = (self.time_dim, grid.lat_dim, grid.lon_dim)

@@ -3,7 +3,8 @@
 xarray writes a whole Dataset at once; here it writes only the skeleton (coordinates, small
 variables, attributes) and every large variable is then created and filled in pieces with
 netCDF4, each piece encoded by xarray's own CF encoder (dtype, _FillValue), so the file reads
-back exactly as if xarray had written it in one go.
+back exactly as if xarray had written it in one go. Coordinates get no _FillValue (CF §2.5.1) and
+integers that the stored type cannot hold are refused rather than wrapped.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import numpy as np
 import xarray as xr
 from xarray.conventions import encode_cf_variable
 
+from datamodules.io.cf import check_fits, without_coordinate_fill
+
 
 class SlabWriter:
     """Append variables to a netCDF file whose skeleton xarray has written; fill them by slabs."""
 
     def __init__(self, path: str | os.PathLike, skeleton: xr.Dataset) -> None:
-        skeleton.to_netcdf(path, engine="netcdf4")
+        without_coordinate_fill(skeleton).to_netcdf(path, engine="netcdf4")
         self.nc = netCDF4.Dataset(path, "a")
         self._specs: dict[str, tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = {}
 
@@ -51,6 +54,8 @@ class SlabWriter:
     def write(self, name: str, index: tuple[Any, ...], values: np.ndarray) -> None:
         """Store decoded `values` at `index` (a tuple of ints and slices over the leading dims)."""
         dims, attrs, encoding = self._specs[name]
+        values = np.asarray(values)
+        check_fits(name, values, np.dtype(encoding.get("dtype", values.dtype)))
         kept = [d for d, i in zip(dims, index, strict=False) if not isinstance(i, int | np.integer)]
         kept += list(dims[len(index):])
         encoded = encode_cf_variable(xr.Variable(kept, values, attrs, encoding), name=name)

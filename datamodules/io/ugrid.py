@@ -13,6 +13,7 @@ import functools
 import numpy as np
 import xarray as xr
 
+from datamodules.io.cf import CF_VERSION
 from icolightning.grid import IcoGrid
 
 MESH = "mesh"
@@ -45,11 +46,15 @@ def mesh_faces(level: int) -> np.ndarray:
 
 
 def mesh_variables(level: int) -> dict[str, xr.DataArray]:
-    """The topology variable and the face-node connectivity of the level's mesh."""
+    """The topology variable and the face-node connectivity of the level's mesh.
+
+    Both carry the `cf_role` UGRID-1.0 requires (ugrid-checks R301 for the connectivity; uxarray
+    finds the mesh by it). The node dimension is the node coordinates' own (UGRID-1.0 has no
+    `node_dimension` attribute)."""
     topology = xr.DataArray(np.int32(0), attrs={
         "cf_role": "mesh_topology", "long_name": f"icosahedral mesh, level {level}", "topology_dimension": 2,
         "node_coordinates": "lon lat", "face_node_connectivity": FACE_NODES,
-        "node_dimension": NODE_DIM, "face_dimension": FACE_DIM})
+        "face_dimension": FACE_DIM})
     faces = xr.DataArray(mesh_faces(level), dims=(FACE_DIM, "face_corner"), attrs={
         "cf_role": "face_node_connectivity", "long_name": "vertices of each triangle, counter-clockwise",
         "start_index": np.int32(0)})
@@ -57,10 +62,10 @@ def mesh_variables(level: int) -> dict[str, xr.DataArray]:
 
 
 def with_conventions(conventions: str | None) -> str:
-    """The Conventions attribute with UGRID-1.0 added (CF-1.8 when it names no CF version)."""
+    """The Conventions attribute with UGRID-1.0 added (CF_VERSION when it names no CF version)."""
     parts = (conventions or "").replace(",", " ").split()
     if not any(p.startswith("CF-") for p in parts):
-        parts.insert(0, "CF-1.8")
+        parts.insert(0, CF_VERSION)
     return " ".join([*parts, UGRID_CONVENTION] if UGRID_CONVENTION not in parts else parts)
 
 

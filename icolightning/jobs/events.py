@@ -25,6 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.cf import CF_VERSION, latlon_coords, without_coordinate_fill
 from datamodules.io.ugrid import add_mesh
 from icolightning.classes import CLASSES
 from icolightning.errors import DataFileError
@@ -168,15 +169,16 @@ class EventRun:
         coords = ({"lat": ("vertex", grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
                    "lon": ("vertex", grid.lon, {"units": "degrees_east", "standard_name": "longitude"})}
                   if grid.kind == "vertex"
-                  else {grid.lat_dim: grid.lat, grid.lon_dim: grid.lon})
-        ds = xr.Dataset(coords=coords, attrs={"title": "icolightning-events: event frequency", "steps": self.steps})
+                  else latlon_coords(grid.lat_dim, grid.lon_dim, grid.lat, grid.lon))
+        ds = xr.Dataset(coords=coords, attrs={"Conventions": CF_VERSION, "history": "icolightning-events",
+                                              "title": "icolightning-events: event frequency", "steps": self.steps})
         for values, name in zip(fraction, self.classes.values(), strict=True):
             ds[f"{name}_frequency"] = xr.DataArray(values.astype(np.float32), dims=dims, attrs={
                 "long_name": f"fraction of the {self.steps} time steps inside a {name} event", "units": "1"})
         if grid.kind == "vertex":
             ds = add_mesh(ds, self.level)
         with atomic_path(path) as tmp:
-            ds.to_netcdf(tmp, engine="netcdf4")
+            without_coordinate_fill(ds).to_netcdf(tmp, engine="netcdf4")
 
     def _plots(self, out_dir: Path, events: pd.DataFrame, tracks: pd.DataFrame) -> list[Path]:
         from icolightning.events.plots import HISTOGRAMS, save_frequency_maps, save_histogram

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -25,6 +26,7 @@ from icolightning.jobs.common import (
 )
 from icolightning.lightning.base import IcoTask
 from icolightning.lightning.segmentation import SegmentationModule
+from icolightning.lightning.tracking import log_run_files, resume_runs
 from icolightning.nn.allocator import reuse_freed_memory
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                "host_memory_reuse": memory_reuse}
     if cfg.train:
         started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=agreed_ckpt_path(trainer, cfg.ckpt_path, run_dir),
-                    weights_only=True)
+        ckpt_path = agreed_ckpt_path(trainer, cfg.ckpt_path, run_dir)
+        if ckpt_path and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
+            resume_runs(loggers)  # MLflow / W&B append to the run this folder's earlier fit created
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         results["fit_seconds"] = round(time.perf_counter() - started, 1)
         results["last_checkpoint"], results["global_step"], results["epochs"] = save_final_checkpoint(trainer)
         metrics = trainer.callback_metrics
@@ -68,5 +72,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", results)
         if cfg.get("plots") and cfg.test and isinstance(model, SegmentationModule):
             save_segmentation_figures(model, datamodule, run_dir, title=f"{cfg.name}: test samples")
+        log_run_files(loggers, [run_dir / "metrics.json", *sorted(run_dir.glob("*.png"))])
         log.info("results in %s:\n%s", run_dir, metrics_table(results.get("test", {})))
     return results
