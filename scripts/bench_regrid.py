@@ -6,7 +6,7 @@
    regridding within 2x the bilinear time (both the cache builder's read+regrid path and the
    regridding alone are printed; the one-time matrix builds too, and the exact conservative
    weights of a 0.25-degree grid to level 6).
-2. The loader: samples per second from the cache (level 5, 16 channels) with 0 and 2 workers.
+2. The loader is timed against the model by scripts/bench_loader.py.
 
 `.interp` is timed on all 16 variables (its cost grows less than linearly with the number of
 variables, so timing a few and scaling up would overstate the ratio). The load average is
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from datamodules import ClimateDataModule
 from datamodules.climatenet.datamodule import ALL16
 from datamodules.climatenet.synthetic import generate_dataset
 from datamodules.io.netcdf import LatLonFile
@@ -71,27 +70,6 @@ def interp(fields: xr.DataArray, level: int) -> np.ndarray:
     return fields.interp(points, method="linear").values
 
 
-def loader_rate(data_dir: Path, cache: Path, workers: int, epochs: int) -> float:
-    dm = ClimateDataModule(
-        data_dir,
-        level=5,
-        variables="all16",
-        cache_dir=cache,
-        batch_size=8,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        val_fraction=0.0,
-        progress=False,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    next(iter(loader))
-    start = time.perf_counter()
-    seen = sum(x.shape[0] for _ in range(epochs) for x, _ in loader)
-    return seen / (time.perf_counter() - start)
-
-
 def conservative_build_time(level: int) -> float:
     """Seconds to build the exact conservative weights of a 0.25-degree global grid (721 x 1440,
     rows at the poles) to `level`, the icosahedral grid's own set-up (Voronoi areas) excluded."""
@@ -118,8 +96,6 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--interp-repeats", type=int, default=2, help="repeats of the (slow) .interp timing")
-    parser.add_argument("--loader-files", type=int, default=64)
-    parser.add_argument("--loader-epochs", type=int, default=3)
     parser.add_argument("--no-quarter-degree", dest="quarter_degree", action="store_false",
                         help="skip timing the conservative weights of a 0.25-degree grid to level 6")
     args = parser.parse_args()
@@ -171,12 +147,7 @@ def main() -> None:
         verdict("conservative / bilinear, read + regrid", t_pipe_cons / t_pipe_bil, "<= 2x",
                 t_pipe_cons / t_pipe_bil <= 2)
         verdict("conservative / bilinear, regrid alone", t_cons / t_bil, "<= 2x", t_cons / t_bil <= 2)
-
-        generate_dataset(tmp / "loader", n_train=args.loader_files, n_test=0, nlat=96, nlon=144, seed=1)
-        print(f"\nloader from the cache: {args.loader_files} samples, level 5, 16 channels, batch 8")
-        for workers in (0, 2):
-            rate = loader_rate(tmp / "loader", tmp / "cache", workers, args.loader_epochs)
-            print(f"{f'  num_workers={workers}':<46}{rate:9.0f} samples/s")
+        print("\nthe loader against the model: python scripts/bench_loader.py")
 
 
 if __name__ == "__main__":
