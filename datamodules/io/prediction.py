@@ -165,7 +165,7 @@ class PredictionWriter:
         latlon = latlon_coords(grid.lat_dim, grid.lon_dim, grid.lat, grid.lon, own)
         skeleton = xr.Dataset(coords=dict(grid.coords.coords) | latlon, attrs={
             "Conventions": CF_VERSION, "title": "icolightning predictions", "source_file": str(grid.path),
-            "history": f"icolightning-predict {grid.path.name}"})
+            "history": f"icolightning-predict {os.path.basename(str(grid.path).rstrip('/'))}"})
         self.writer = SlabWriter(tmp, skeleton)
         self._stack.callback(self.writer.close)
         dims = (self.time_dim, grid.lat_dim, grid.lon_dim)

@@ -31,6 +31,7 @@ import xarray as xr
 import zarr
 
 from datamodules.io.atomic import atomic_path
+from datamodules.io.cf import CF_VERSION, latlon_coords
 from datamodules.io.prediction import (
     PROBABILITIES,
     PROBABILITY_ATTRIBUTES,
@@ -118,10 +119,12 @@ class ZarrPredictionStore:
 
     def _create(self, path: Path) -> None:
         grid, steps = self.grid, self.region_steps
-        coords = grid.coords.copy()
+        own = {dim: grid.coords[dim].attrs for dim in (grid.lat_dim, grid.lon_dim) if dim in grid.coords}
+        coords = grid.coords.copy().assign_coords(latlon_coords(grid.lat_dim, grid.lon_dim, grid.lat, grid.lon, own))
         for var in coords.variables.values():
             var.encoding = {k: v for k, v in var.encoding.items() if k in _KEPT_ENCODING}
-        attrs = {"title": TITLE, "source_file": str(grid.path), "prediction_fingerprint": self.fingerprint,
+        attrs = {"Conventions": CF_VERSION, "title": TITLE, "source_file": str(grid.path),
+                 "prediction_fingerprint": self.fingerprint,
                  "region_steps": steps, "label_method": self.label_method, "probability_method": self.method}
         xr.Dataset(coords=coords.coords, attrs=attrs).to_zarr(path, mode="w", consolidated=False)
         group = zarr.open_group(path, mode="r+")

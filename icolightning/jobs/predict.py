@@ -57,10 +57,9 @@ def output_stem(source: Input) -> str:
     """A file's stem, a store's name without .zarr, or a glob's file pattern without its wildcards
     (`era5_*.nc` → `era5`; `*.nc` → the folder's name)."""
     source = Path(str(source).rstrip("/"))
-    name = source.name.removesuffix(".zarr")
     if set("*?[") & set(str(source)):
-        name = re.sub(r"[*?\[\]]", "", Path(name).stem).strip("_-.") or source.parent.name
-    return name
+        return re.sub(r"[*?\[\]]", "", source.stem).strip("_-.") or source.parent.name
+    return source.stem
 
 
 @torch.no_grad()
