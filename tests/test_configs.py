@@ -99,7 +99,8 @@ def test_every_logger_instantiates(tmp_path, logger):
         pytest.skip("tensorboard is not installed (it is in the dev extra)")
     loggers = instantiate_list(cfg.logger)
     assert len(loggers) == len(cfg.logger)
-    assert all(Path(lg.save_dir) == tmp_path / "run" for lg in loggers)
+    run = (tmp_path / "run").resolve()  # every logger writes inside the run folder (MLflow: run/mlruns)
+    assert all(Path(lg.save_dir).resolve().is_relative_to(run) for lg in loggers)
 
 
 _ENTRY_POINTS = [("predict", ["ckpt_path=x.ckpt", "input=x.nc"]),

@@ -44,6 +44,8 @@ ROWS = {
     "mnist_planar_r": ["experiment=mnist_planar_r", *MNIST, *SHORT],
     "synthetic-ico_unet-trainer_default-debug_tiny": ["data=synthetic_climatenet", "model=ico_unet",
                                                       "trainer=default", "debug=tiny", *TINY_SYNTHETIC, *SHORT],
+    "logger_mlflow": ["logger=mlflow", *TINY_SYNTHETIC, *SHORT],
+    "logger_wandb": ["logger=wandb", *TINY_SYNTHETIC, *SHORT],
     "trainer_ddp": ["trainer=ddp", *CPU, *TINY_SYNTHETIC, *SHORT],
     "trainer_ddp_cpu": ["trainer=ddp_cpu", "trainer.devices=1", *TINY_SYNTHETIC, *SHORT],
     "trainer_slurm": ["trainer=slurm", *CPU, *TINY_SYNTHETIC, *SHORT],
@@ -112,7 +114,12 @@ def test_every_option_fits(root, row, monkeypatch):
         metric = str(cfg.monitor.metric)
         assert saved["best_score"] == pytest.approx(saved["val"][metric], abs=1e-6)  # one validation: the best
     has_logger = "logger=none" not in ROWS[row] and "debug=fast_dev_run" not in ROWS[row]
-    assert (run / "csv" / "metrics.csv").is_file() == (has_logger and "logger=tensorboard" not in ROWS[row])
+    only_other = {"logger=tensorboard", "logger=mlflow", "logger=wandb"} & set(ROWS[row])
+    assert (run / "csv" / "metrics.csv").is_file() == (has_logger and not only_other)
+    if "logger=mlflow" in ROWS[row]:
+        assert list((run / "mlruns").glob("*/*/metrics/val"))  # the file store in the run folder
+    if "logger=wandb" in ROWS[row]:
+        assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     if "logger=tensorboard" in ROWS[row] or "logger=many" in ROWS[row]:
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     if "debug=overfit" in ROWS[row]:
