@@ -3,6 +3,11 @@ archive opener that training uses, read slab by slab), netCDF or a zarr store ou
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ from datamodules.climatenet.synthetic_archive import generate_archive
 from datamodules.io.netcdf import LatLonFile
 from datamodules.io.prediction_zarr import ZarrPredictionStore
 from icolightning.errors import DataFileError, UsageError
-from icolightning.jobs.predict import predict
+from icolightning.jobs.predict import PredictOptions, predict, prediction_fingerprint
 
 STEPS = 20
 
@@ -182,3 +187,54 @@ def test_a_folder_of_files_into_one_zarr_store_asks_for_a_glob(inputs, tmp_path)
     with pytest.raises(UsageError, match=r"takes one input.*input='.*parts/\*\.nc'"):
         run_predict(root, ckpt, root / "parts", tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_the_fingerprint_names_checkpoint_input_and_options_not_how_a_path_is_spelled(inputs, tmp_path,
+                                                                                     monkeypatch) -> None:
+    """A rerun resumes only what the same checkpoint, input and options wrote; `data/x.zarr` and its
+    absolute path are one input, so a rerun from another spelling resumes instead of starting over."""
+    root, store, ckpt = inputs
+    options = PredictOptions(slab_steps=6)
+    same = prediction_fingerprint(ckpt, store, options)
+    monkeypatch.chdir(root)
+    assert prediction_fingerprint(ckpt.name, store.name, options) == same
+    assert prediction_fingerprint(ckpt, store, PredictOptions(slab_steps=6, plots=False)) == same
+    other_ckpt = tmp_path / "other.ckpt"
+    other_ckpt.write_bytes(ckpt.read_bytes())
+    changed = [prediction_fingerprint(other_ckpt, store, options),
+               prediction_fingerprint(ckpt, root / "whole.nc", options),
+               prediction_fingerprint(ckpt, store, PredictOptions(slab_steps=4)),
+               prediction_fingerprint(ckpt, store, PredictOptions(slab_steps=6, output_method="conservative"))]
+    assert same not in changed and len(set(changed)) == len(changed)
+    os.utime(other_ckpt, ns=(1, 1))  # the same path rewritten (a newer best checkpoint)
+    assert prediction_fingerprint(other_ckpt, store, options) != changed[0]
+
+
+def test_a_rerun_with_other_options_replaces_the_store(inputs, zarr_prediction, tmp_path) -> None:
+    root, store, ckpt = inputs
+    output = tmp_path / "out.zarr"
+    shutil.copytree(zarr_prediction, output)
+    marker = output / "region_keep_me"  # survives only if the store is resumed, not replaced
+    marker.write_text("")
+    run_predict(root, ckpt, store, output, "vertex_outputs=true")
+    assert marker.exists()  # the same run again: kept
+    run_predict(root, ckpt, store, output, "vertex_outputs=true", "output_method=conservative")
+    assert not marker.exists()
+    with xr.open_zarr(output) as new, xr.open_zarr(zarr_prediction) as old:
+        assert new.attrs["prediction_fingerprint"] != old.attrs["prediction_fingerprint"]
+        assert not np.array_equal(new["PROBABILITIES"].values, old["PROBABILITIES"].values)
+
+
+def test_a_killed_runs_temporary_store_is_removed_and_no_one_elses(inputs, tmp_path) -> None:
+    root, store, ckpt = inputs
+    output = tmp_path / "out.zarr"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".out.zarr.{host}.{gone.stdout.strip()}-0123abcd.tmp"
+    live = tmp_path / f".out.zarr.{host}.{os.getpid()}-0123abcd.tmp"
+    elsewhere = tmp_path / f".out.zarr.{host}x.{gone.stdout.strip()}-0123abcd.tmp"
+    for folder in (stale, live, elsewhere):
+        (folder / "fields").mkdir(parents=True)
+    run_predict(root, ckpt, store, output)
+    assert not stale.exists() and live.exists() and elsewhere.exists()
+    assert xr.open_zarr(output)["LABELS"].sizes["time"] == STEPS

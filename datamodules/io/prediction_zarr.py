@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 import xarray as xr
 import zarr
 
-from datamodules.io.atomic import atomic_path
+from datamodules.io.atomic import atomic_path, remove_stale_temporaries, temporary_path
 from datamodules.io.cf import CF_VERSION, latlon_coords
 from datamodules.io.prediction import (
     PROBABILITIES,
@@ -103,12 +102,14 @@ class ZarrPredictionStore:
 
     def prepare(self) -> None:
         """Keep a store this run resumes (same fingerprint), else build a new empty one; one process only."""
+        for stale in remove_stale_temporaries(self.path):
+            log.warning("removed %s, left by a killed run", stale)
         found = self.existing_fingerprint()
         if found == self.fingerprint:
             return
         if found is not None:
             log.warning("%s: predictions of another checkpoint, input or options; replacing them", self.path)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        tmp = temporary_path(self.path)
         try:
             self._create(tmp)
             if found is not None:

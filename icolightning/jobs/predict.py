@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -163,13 +164,15 @@ class FilePredictor(L.LightningModule):
 def prediction_fingerprint(ckpt_path: str | Path, source: Input, options: PredictOptions) -> str:
     """What a zarr output's values depend on: the checkpoint file, the input and the options (not plots)."""
     ckpt = Path(ckpt_path).stat()
+    # the same input named relative or absolute is the same input (a URL stays as given)
+    where = str(source) if "://" in str(source) else os.path.abspath(source)
     if is_archive(source):
-        found = ArchiveSource(str(source)).fingerprint()
+        found = ArchiveSource(where).fingerprint()
     else:
         stat = Path(source).stat()
         found = f"{stat.st_size}|{stat.st_mtime_ns}"
     kept = {k: v for k, v in asdict(options).items() if k != "plots"}
-    parts = [str(Path(ckpt_path).resolve()), ckpt.st_size, ckpt.st_mtime_ns, str(source), found, kept]
+    parts = [str(Path(ckpt_path).resolve()), ckpt.st_size, ckpt.st_mtime_ns, where, found, kept]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
