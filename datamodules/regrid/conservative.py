@@ -30,7 +30,6 @@ class SourceCells:
     lat_hi: np.ndarray
     lon_lo: np.ndarray
     lon_hi: np.ndarray
-    is_global: bool
 
     def areas(self) -> np.ndarray:
         """[nlat, nlon] exact cell areas on the unit sphere (steradians)."""
@@ -80,9 +79,7 @@ def source_cells(
         lon_lo, lon_hi = lon_s + offsets.min(axis=1), lon_s + offsets.max(axis=1)
     if np.any(lat_hi <= lat_lo) or np.any(lon_hi <= lon_lo):
         raise ValueError("every grid cell must have a positive extent in latitude and longitude")
-    covers_poles = lat_lo.min() <= -90.0 + 1e-9 and lat_hi.max() >= 90.0 - 1e-9
-    is_global = bool(covers_poles and abs((lon_hi - lon_lo).sum() - 360.0) < 1e-6)
-    return SourceCells(lat_lo, lat_hi, lon_lo, lon_hi, is_global)
+    return SourceCells(lat_lo, lat_hi, lon_lo, lon_hi)
 
 
 def overlaps(grid: LatLonGrid, ico: IcoGrid, cells: SourceCells) -> scipy.sparse.coo_matrix:

@@ -226,46 +226,16 @@ def overlap_matrix(lat_bounds: np.ndarray, lon_bounds: np.ndarray, grid: VertexM
     edges = VoronoiEdges(grid)
     n = len(np.asarray(grid.xyz))
     nlat, nlon = lat_lo.size, lon_lo.size
-
     z_lo_all, z_hi_all = np.sin(np.deg2rad(lat_lo)), np.sin(np.deg2rad(lat_hi))
     z_lo_all[lat_lo <= -90.0] = -1.0
     z_hi_all[lat_hi >= 90.0] = 1.0
     row_z_lo, row_z_hi = z_lo_all[lat_order], z_hi_all[lat_order]
-    tallest = float((row_z_hi - row_z_lo).max())
-
     a_all = np.deg2rad(lon_lo)
     b_all = a_all + np.deg2rad(lon_hi - lon_lo)
-    start_mod = np.mod(a_all, TWO_PI)
-    col_order = np.argsort(start_mod, kind="stable")
-    col_start = start_mod[col_order]
-    widest = float((b_all - a_all).max())
-
-    lon_min, lon_max, zmin, zmax, polar = edges.cell_extents()
-    # candidate rows: sorted by lower edge, lower edge in (zmin - tallest, zmax)
-    r0 = np.searchsorted(row_z_lo, zmin - tallest, side="right")
-    r1 = np.searchsorted(row_z_lo, zmax, side="left")
-    # candidate columns: start (mod 2π) in (lon_min - widest, lon_max]; two ranges around the seam
-    lo_mod = np.mod(lon_min - widest, TWO_PI)
-    span = np.where(polar, TWO_PI, np.minimum(lon_max - lon_min + widest, TWO_PI))
-    c0 = np.searchsorted(col_start, lo_mod, side="left")
-    c1 = np.searchsorted(col_start, lo_mod + span, side="right")
-    wrap_end = np.searchsorted(col_start, lo_mod + span - TWO_PI, side="right")
-    wrap_end = np.minimum(wrap_end, c0)
-    vert_a, col_a = _ranges(c0, c1 - c0)
-    vert_b, col_b = _ranges(np.zeros(n, np.int64), wrap_end)
-    pair_vertex = np.concatenate([vert_a, vert_b])
-    pair_col = col_order[np.concatenate([col_a, col_b])]
+    r0, r1, pair_vertex, pair_col = _candidates(edges, n, row_z_lo, row_z_hi, a_all, b_all)
 
     rows_out, cols_out, vals_out = [], [], []
-    per_pair = np.maximum(r1 - r0, 0)[pair_vertex]
-    bounds = np.concatenate([[0], np.cumsum(per_pair)])
-    step = max(1, _CHUNK)
-    begin = 0
-    while begin < pair_vertex.size:
-        end = int(np.searchsorted(bounds, bounds[begin] + step, side="right")) - 1
-        end = max(end, begin + 1)
-        sl = slice(begin, min(end, pair_vertex.size))
-        begin = sl.stop
+    for sl in _chunks(np.maximum(r1 - r0, 0)[pair_vertex]):
         result = _pairs_overlap(edges, pair_vertex[sl], pair_col[sl], r0, r1, row_z_lo, row_z_hi,
                                 a_all, b_all)
         if result is None:
@@ -282,6 +252,43 @@ def overlap_matrix(lat_bounds: np.ndarray, lon_bounds: np.ndarray, grid: VertexM
     matrix = scipy.sparse.coo_matrix((vals[keep], (rows[keep], cols[keep])), (n, nlat * nlon)).tocsr()
     matrix.sum_duplicates()
     return matrix
+
+
+def _candidates(
+    edges: VoronoiEdges, n: int, row_z_lo: np.ndarray, row_z_hi: np.ndarray, a_all: np.ndarray, b_all: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(r0, r1) per vertex: its candidate rows (in sorted order); (pair_vertex, pair_col): its
+    candidate columns, from the bounding box of its Voronoi cell (rows by sin-latitude band,
+    columns by longitude, in two ranges around the seam)."""
+    tallest = float((row_z_hi - row_z_lo).max())
+    start_mod = np.mod(a_all, TWO_PI)
+    col_order = np.argsort(start_mod, kind="stable")
+    col_start = start_mod[col_order]
+    widest = float((b_all - a_all).max())
+    lon_min, lon_max, zmin, zmax, polar = edges.cell_extents()
+    # candidate rows: sorted by lower edge, lower edge in (zmin - tallest, zmax)
+    r0 = np.searchsorted(row_z_lo, zmin - tallest, side="right")
+    r1 = np.searchsorted(row_z_lo, zmax, side="left")
+    # candidate columns: start (mod 2π) in (lon_min - widest, lon_max]
+    lo_mod = np.mod(lon_min - widest, TWO_PI)
+    span = np.where(polar, TWO_PI, np.minimum(lon_max - lon_min + widest, TWO_PI))
+    c0 = np.searchsorted(col_start, lo_mod, side="left")
+    c1 = np.searchsorted(col_start, lo_mod + span, side="right")
+    wrap_end = np.minimum(np.searchsorted(col_start, lo_mod + span - TWO_PI, side="right"), c0)
+    vert_a, col_a = _ranges(c0, c1 - c0)
+    vert_b, col_b = _ranges(np.zeros(n, np.int64), wrap_end)
+    return r0, r1, np.concatenate([vert_a, vert_b]), col_order[np.concatenate([col_a, col_b])]
+
+
+def _chunks(per_pair: np.ndarray) -> list[slice]:
+    """Consecutive slices of the pairs with about `_CHUNK` (pair, row) candidates each (bounded memory)."""
+    bounds = np.concatenate([[0], np.cumsum(per_pair)])
+    slices, begin = [], 0
+    while begin < per_pair.size:
+        end = max(int(np.searchsorted(bounds, bounds[begin] + max(1, _CHUNK), side="right")) - 1, begin + 1)
+        slices.append(slice(begin, min(end, per_pair.size)))
+        begin = slices[-1].stop
+    return slices
 
 
 def _pairs_overlap(
