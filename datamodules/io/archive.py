@@ -136,7 +136,7 @@ class ArchiveFile(LatLonFile):
     def _load(self, name: str, start: int, stop: int) -> np.ndarray:
         try:
             # synchronous: inside a Dask worker the default scheduler is the cluster itself, and every
-            # read would travel through it as tasks (2.4x slower per step than in one process)
+            # read would travel through it as tasks
             return np.asarray(self._slab(name, start, stop).compute(scheduler="synchronous").values)
         except Exception as exc:
             steps = self.times[start:stop]
