@@ -54,6 +54,7 @@ def test_shipped_ddp_config_trains_with_synced_batch_norm(ddp_training):
     root, run = ddp_training
     assert [r.name for r in (root / "outputs" / "train").iterdir()] == ["ddp"]  # both ranks, one run folder
     assert (run / "train_ddp_process_1.log").is_file()  # rank 1 was a re-launched entry point
+    assert "`weights_only` was not set" not in (run / "train.log").read_text()  # saving says what it keeps
     metrics = json.loads((run / "metrics.json").read_text())
     # 10 training samples, batch 2, 2 ranks: 3 steps per epoch (5 on one process), 2 epochs.
     assert metrics["global_step"] == 6

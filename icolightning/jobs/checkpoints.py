@@ -84,5 +84,7 @@ def save_final_checkpoint(trainer: L.Trainer) -> tuple[str | None, int, int]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
         return str(path), int(saved["global_step"]), int(epochs)
-    trainer.save_checkpoint(path)
+    # Saving: weights_only=False keeps the whole training state (optimiser, loops) that a resume needs;
+    # left unset, Lightning logs that it chose so. Loading is weights-only everywhere (docs/checkpoints.md).
+    trainer.save_checkpoint(path, weights_only=False)
     return str(path), trainer.global_step, trainer.current_epoch

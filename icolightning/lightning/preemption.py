@@ -127,7 +127,7 @@ class PreemptionCheckpoint(Checkpoint):
         if not (term or requeue):
             return
         path = trainer.strategy.broadcast(next_hpc_checkpoint(Path(trainer.default_root_dir)), src=0)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole state: the requeued job resumes from it
         reason = "requeue signal" if requeue else "SIGTERM"
         log.info("%s: saved %s at step %d", reason, path, trainer.global_step)
         if requeue and trainer.is_global_zero:
