@@ -1,0 +1,124 @@
+"""Ways of applying the conservative weights, timed side by side (docs/regridding.md, Speed).
+
+The shipped apply is one scipy CSR matrix-vector product per field (float32 weights, int32
+indices). This script times it against the alternatives numpy, scipy and torch offer, on 16
+fields of the ClimateNet grid (768 x 1152, 56 MiB: each field is cold in the cache, as in
+`scripts/bench_regrid.py`) to level 5, with the bilinear product and one dense pass over each
+field (the read every conservative method needs) and the shipped loop over indices made
+sequential (not a regridding: the cost of scipy's loop itself) as yardsticks. The variants run
+interleaved, best of `--repeats`, so load changes on a shared machine hit all alike. Each
+variant's largest difference from a float64 product is printed relative to the largest output.
+
+Usage: python scripts/bench_regrid_apply.py [--level 5] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from datamodules.climatenet.synthetic import grid_coords
+from datamodules.regrid import regrid_matrix
+
+Variant = Callable[[np.ndarray], np.ndarray]
+warnings.filterwarnings("ignore", message="Sparse")  # torch: CSR support is beta, invariants unchecked
+
+
+def owner_split(csr: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, scipy.sparse.csr_matrix]:
+    """Each source cell's largest weight as (owner row, weight), and the other weights as a CSR
+    matrix: 76% of the ClimateNet cells lie in one Voronoi cell and need nothing else."""
+    csc = csr.tocsc()
+    cols = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+    order = np.lexsort((-csc.data, cols))  # per column, the largest weight first
+    first = np.zeros(csc.nnz, bool)
+    first[order[np.concatenate([[0], np.flatnonzero(np.diff(cols[order])) + 1])]] = True
+    rest = scipy.sparse.csr_matrix((csc.data[~first], (csc.indices[~first], cols[~first])), csc.shape)
+    return csc.indices[first].astype(np.int64), csc.data[first], rest
+
+
+def torch_csr(csr: scipy.sparse.csr_matrix) -> torch.Tensor:
+    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                   torch.from_numpy(csr.indices.astype(np.int64)),
+                                   torch.from_numpy(csr.data), size=csr.shape)
+
+
+def per_field(product: Callable[[np.ndarray], np.ndarray]) -> Variant:
+    return lambda fields: np.stack([np.asarray(product(x)) for x in fields])
+
+
+def torch_threads(matrix: torch.Tensor, threads: int) -> Variant:
+    def run(fields: np.ndarray) -> np.ndarray:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return np.stack([torch.mv(matrix, torch.from_numpy(x)).numpy() for x in fields])
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+YARDSTICKS = ("bilinear", "read", "loop")
+"""Names of the rows that are not a conservative regridding."""
+
+
+def variants(level: int, nlat: int = 768, nlon: int = 1152) -> dict[str, Variant]:
+    """Every way of computing W @ x for 16 fields, bilinear and the read bound as yardsticks."""
+    lat, lon = grid_coords(nlat, nlon)
+    cons, bil = regrid_matrix(lat, lon, level, "conservative"), regrid_matrix(lat, lon, level, "bilinear")
+    c32, c64, b32 = cons.to_scipy().astype(np.float32), cons.to_scipy(), bil.to_scipy().astype(np.float32)
+    c32.indices, c32.indptr = c32.indices.astype(np.int32), c32.indptr.astype(np.int32)
+    csc, tc, n = c32.tocsc(), torch_csr(c32), cons.num_targets
+    owner, w1, rest = owner_split(c32)
+    owner_t, w1_t = torch.from_numpy(owner), torch.from_numpy(w1)
+    sequential = scipy.sparse.csr_matrix((c32.data, np.arange(c32.nnz, dtype=np.int32) % c32.shape[1], c32.indptr),
+                                         c32.shape)
+    print(f"conservative: {c32.nnz} weights, {rest.nnz} beyond each cell's largest; bilinear: {b32.nnz}")
+    return {
+        "shipped: scipy CSR float32, one field at a time": per_field(lambda x: c32 @ x),
+        "scipy CSR, float64 weights and field": per_field(lambda x: c64 @ x.astype(np.float64)),
+        "scipy CSC float32": per_field(lambda x: csc @ x),
+        "torch CSR mv, 1 thread": torch_threads(tc, 1),
+        "torch CSR mv, 2 threads": torch_threads(tc, 2),
+        "owner + rest: np.bincount + CSR": per_field(lambda x: np.bincount(owner, w1 * x, minlength=n) + rest @ x),
+        "owner + rest: torch index_add_ + CSR": per_field(
+            lambda x: torch.zeros(n).index_add_(0, owner_t, torch.from_numpy(x) * w1_t).numpy() + rest @ x),
+        "all 16 at once: W @ X[n, 16] incl. transpose": lambda fields: (c32 @ np.ascontiguousarray(fields.T)).T,
+        "bilinear: scipy CSR float32, one field at a time": per_field(lambda x: b32 @ x),
+        "read bound: x.sum() of each field": lambda fields: np.array([x.sum() for x in fields]),
+        "loop bound: the same CSR, indices made sequential": per_field(lambda x: sequential @ x),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--level", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    print(f"CPUs: {os.cpu_count()}, load average: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    works = variants(args.level)
+    lat, lon = grid_coords(768, 1152)
+    fields = np.random.default_rng(0).standard_normal((16, lat.size * lon.size)).astype(np.float32)
+    reference = regrid_matrix(lat, lon, args.level, "conservative").to_scipy() @ fields[0].astype(np.float64)
+    best = dict.fromkeys(works, float("inf"))
+    for _ in range(args.repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work(fields)
+            best[name] = min(best[name], time.perf_counter() - start)
+    print(f"\nbest of {args.repeats}, 16 fields, level {args.level}; load after: {os.getloadavg()[0]:.2f}")
+    shipped = best["shipped: scipy CSR float32, one field at a time"]
+    for name, work in works.items():
+        out = None if name.startswith(YARDSTICKS) else np.asarray(work(fields[:1]))[0]
+        error = "" if out is None else f"  diff {np.abs(out - reference).max() / np.abs(reference).max():.1e}"
+        print(f"{name:<52}{best[name] * 1e3:8.2f} ms  ({best[name] / shipped:4.2f} x shipped){error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""scripts/bench_regrid_apply.py: every conservative variant it times computes the shipped product,
+so a faster-looking row cannot come from a wrong result (a dropped weight, a wrong owner)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+
+from datamodules.climatenet.synthetic import grid_coords
+from datamodules.regrid import regrid_matrix
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_regrid_apply.py"
+
+
+def load_script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_regrid_apply", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def test_owner_split_keeps_each_cells_largest_weight_and_the_rest_sums_back():
+    bench = load_script()
+    dense = np.array([[0.5, 0.0, 0.2, 0.0], [0.3, 1.0, 0.7, 0.0], [0.0, 0.0, 0.1, 0.4]], np.float32)
+    owner, weight, rest = bench.owner_split(scipy.sparse.csr_matrix(dense))
+    np.testing.assert_array_equal(owner, [0, 1, 1, 2])
+    np.testing.assert_array_equal(weight, dense.max(axis=0))
+    rebuilt = rest.toarray()
+    rebuilt[owner, np.arange(4)] += weight
+    np.testing.assert_array_equal(rebuilt, dense)
+
+
+def test_every_conservative_variant_gives_the_float64_product():
+    bench = load_script()
+    lat, lon = grid_coords(24, 36)
+    fields = np.random.default_rng(0).standard_normal((3, lat.size * lon.size)).astype(np.float32)
+    reference = np.stack([regrid_matrix(lat, lon, 2, "conservative").to_scipy() @ x.astype(np.float64)
+                          for x in fields])
+    works = bench.variants(2, 24, 36)
+    assert sum(not name.startswith(bench.YARDSTICKS) for name in works) == 8
+    for name, work in works.items():
+        if not name.startswith(bench.YARDSTICKS):
+            np.testing.assert_allclose(np.asarray(work(fields)), reference, rtol=0, atol=1e-6, err_msg=name)
