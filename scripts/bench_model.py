@@ -15,7 +15,7 @@ networks run in both layouts (NCHW and channels-last); the ratio is taken agains
     python scripts/bench_model.py --compile          # torch.compile'd networks, with each one's compile time
     python scripts/bench_model.py --allocator default   # glibc's own mmap/trim (freed blocks refaulted each step)
     python scripts/bench_model.py --device cuda --dtype bfloat16
-    python scripts/bench_model.py --profile          # + convolution time vs everything else, per network
+    python scripts/bench_model.py --profile          # + convolution time vs the rest, and the per-op gap
     python scripts/bench_model.py --model unet --icocnn ~/src/icoCNN   # + the U-Net built from icoCNN's layers
 
 `--icocnn PATH` (U-Net only, float32) also times, in the same interleaved loop, the same U-Net built
@@ -42,6 +42,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from bench_profile import print_profile
 from bench_runtime import add_runtime_args, runtime
 from torch import nn
 
@@ -267,26 +268,6 @@ def compiled(model: nn.Module, step_of: Callable[[nn.Module], Callable[[], None]
     return step, time.perf_counter() - start
 
 
-CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
-                   "aten::_convolution", "aten::convolution_overrideable")
-
-
-def split_by_convolution(step: Callable[[], None]) -> tuple[float, float]:
-    """Self time (ms) of one step in convolution kernels and in everything else, from torch.profiler
-    (CPU and CUDA time together): what a faster layer can win and what the network around it costs."""
-    step()
-    with torch.profiler.profile() as prof:
-        step()
-    conv = other = 0.0
-    for event in prof.key_averages():
-        self_us = event.self_cpu_time_total + getattr(event, "self_device_time_total", 0.0)
-        if event.key in CONVOLUTION_OPS:
-            conv += self_us
-        else:
-            other += self_us
-    return conv / 1e3, other / 1e3
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", type=int, nargs="*", default=[4, 5])
@@ -299,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also time the U-Net built from icoCNN's layers, imported from the checkout at PATH "
                              "(unet model only, float32; icoCNN needs einops on the path)")
     parser.add_argument("--profile", action="store_true",
-                        help="also split one step of each network into convolution and everything else")
+                        help="also profile one step of each network: convolutions vs the rest, and the ops where "
+                             "the icosahedral step spends more than the planar one")
     add_runtime_args(parser, ["float32", "bfloat16", "float16"], thread_sweep=True)
     return parser
 
@@ -334,10 +316,7 @@ def _measure(task: str, level: int, args: argparse.Namespace, device: torch.devi
         print(_row("icoCNN U-Net", level, seconds, nchw_s, nhwc_s, mb, planar_mb, float("nan")), flush=True)
     if args.profile:
         layout = "NCHW" if planar_step is steps[1] else "NHWC"
-        for name, step in ((task, steps[0]), (f"planar {layout}", planar_step)):
-            conv, other = split_by_convolution(step)
-            print(f"  profile {name:<12} convolutions {conv:9.1f} ms, everything else {other:9.1f} ms "
-                  f"({100 * conv / (conv + other):.0f} % convolutions)", flush=True)
+        print_profile(task, steps[0], f"planar {layout}", planar_step)
 
 
 def main() -> None:

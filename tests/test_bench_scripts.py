@@ -115,26 +115,27 @@ def test_icocnn_path_without_icocnn_is_a_one_line_error(tmp_path):
 
 
 def test_profile_splits_a_step_into_convolutions_and_the_rest():
-    """--profile: a network of convolutions is mostly convolution time, one without any has none."""
-    import importlib.util
-
+    """--profile: a network of convolutions is mostly convolution time, one without any has none; the gap
+    table lists the ops where the first network spends more than the second, largest gap first."""
     import torch
 
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
+        import bench_profile
     finally:
         sys.path.remove(str(SCRIPT.parent))
     x = torch.randn(4, 32, 32, 32)
     convs = torch.nn.Sequential(*(torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3)))
-    conv_ms, other_ms = bench.split_by_convolution(lambda: convs(x).sum().backward())
+    conv_step = bench_profile.op_times(lambda: convs(x).sum().backward())[0]
+    conv_ms, other_ms = bench_profile.split_by_convolution(conv_step)
     assert conv_ms > 2 * other_ms > 0
     pointwise = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Tanh())
     leaf = x.clone().requires_grad_()
-    conv_ms, other_ms = bench.split_by_convolution(lambda: pointwise(leaf).sum().backward())
+    pointwise_step = bench_profile.op_times(lambda: pointwise(leaf).sum().backward())[0]
+    conv_ms, other_ms = bench_profile.split_by_convolution(pointwise_step)
     assert conv_ms == 0 and other_ms > 0
+    rows = bench_profile.gap_rows({"a": 5.0, "b": 9.0, "c": 1.0}, {"a": 1.0, "b": 8.0, "d": 2.0}, top=3)
+    assert rows == [("a", 5.0, 1.0), ("b", 9.0, 8.0), ("c", 1.0, 0.0)]
 
 
 def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypatch):
