@@ -38,8 +38,9 @@ def split_by_convolution(own: dict[str, float]) -> tuple[float, float]:
 
 
 def gap_rows(ico: dict[str, float], planar: dict[str, float], top: int) -> list[tuple[str, float, float]]:
-    """The `top` ops by icosahedral minus planar self time, largest gap first: (op, ico ms, planar ms)."""
-    keys = sorted(set(ico) | set(planar), key=lambda k: planar.get(k, 0.0) - ico.get(k, 0.0))
+    """The `top` ops by icosahedral minus planar self time, largest gap first (ties by name, so the
+    table is the same on every run): (op, ico ms, planar ms)."""
+    keys = sorted(set(ico) | set(planar), key=lambda k: (planar.get(k, 0.0) - ico.get(k, 0.0), k))
     return [(k, ico.get(k, 0.0), planar.get(k, 0.0)) for k in keys[:top]]
 
 

@@ -134,8 +134,9 @@ def test_profile_splits_a_step_into_convolutions_and_the_rest():
     pointwise_step = bench_profile.op_times(lambda: pointwise(leaf).sum().backward())[0]
     conv_ms, other_ms = bench_profile.split_by_convolution(pointwise_step)
     assert conv_ms == 0 and other_ms > 0
-    rows = bench_profile.gap_rows({"a": 5.0, "b": 9.0, "c": 1.0}, {"a": 1.0, "b": 8.0, "d": 2.0}, top=3)
-    assert rows == [("a", 5.0, 1.0), ("b", 9.0, 8.0), ("c", 1.0, 0.0)]
+    rows = bench_profile.gap_rows({"a": 5.0, "b": 9.0, "c": 2.0, "e": 1.0},
+                                  {"a": 1.0, "b": 8.0, "d": 2.0}, top=4)
+    assert rows == [("a", 5.0, 1.0), ("c", 2.0, 0.0), ("b", 9.0, 8.0), ("e", 1.0, 0.0)]  # b and e tie: by name
 
 
 def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypatch):
