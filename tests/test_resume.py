@@ -120,7 +120,10 @@ def reference(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("every", "saved_at"), [(5, 5), (3, 6)], ids=["epoch_boundary", "mid_epoch"])
+# The epoch-boundary SIGKILL and the between-epochs SIGTERM are slow-marked (CI time): the mid-epoch
+# SIGKILL and the SIGTERMs inside training and validation are the harder cases and run in CI.
+@pytest.mark.parametrize(("every", "saved_at"), [pytest.param(5, 5, id="epoch_boundary", marks=pytest.mark.slow),
+                                                 pytest.param(3, 6, id="mid_epoch")])
 def test_sigkill_then_resume_matches_uninterrupted_run(reference, every, saved_at):
     name = f"resumed_every{every}"
     interval = f"callbacks.last.every_n_train_steps={every}"
@@ -141,7 +144,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, every, saved_a
 
 
 @pytest.mark.parametrize(("point", "epoch", "saved_at"), [("training", 1, 6), ("validation", 2, 15),
-                                                          ("between", 1, 10)])
+                                                          pytest.param("between", 1, 10, marks=pytest.mark.slow)])
 def test_sigterm_anywhere_then_resume_matches_uninterrupted_run(reference, point, epoch, saved_at):
     """SIGTERM in the first step of epoch 2 (saved after it), in the final epoch's validation, or at the
     end of epoch 2."""
