@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse
 import torch
+from bench_regrid import best_of
 
 from datamodules.climatenet.synthetic import grid_coords
 from datamodules.regrid import regrid_matrix
@@ -106,12 +106,7 @@ def main() -> None:
     lat, lon = grid_coords(768, 1152)
     fields = np.random.default_rng(0).standard_normal((16, lat.size * lon.size)).astype(np.float32)
     reference = regrid_matrix(lat, lon, args.level, "conservative").to_scipy() @ fields[0].astype(np.float64)
-    best = dict.fromkeys(works, float("inf"))
-    for _ in range(args.repeats):
-        for name, work in works.items():
-            start = time.perf_counter()
-            work(fields)
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = dict(zip(works, best_of(args.repeats, *(lambda w=w: w(fields) for w in works.values())), strict=True))
     print(f"\nbest of {args.repeats}, 16 fields, level {args.level}; load after: {os.getloadavg()[0]:.2f}")
     shipped = best["shipped: scipy CSR float32, one field at a time"]
     for name, work in works.items():
