@@ -150,8 +150,8 @@ def test_predict_on_two_processes_splits_the_files_and_equals_one_process(ddp_tr
         _assert_same_prediction(tmp_path / target.name, target)
 
 
-# Bit-for-bit equality held in plain runs but once failed under pytest-xdist by one float32 byte of
-# one file (cause not found; the batches are the same files in the same order). A few ulps of
+# Two processes and one are not bit-for-bit alike: under pytest-xdist one float32 byte of one file
+# differed (cause not found; the batches are the same files in the same order). A few ulps of
 # tolerance keep what the test guards: a file read by the wrong rank, twice, or into another
 # file's slot differs by O(0.1).
 PROBABILITY_ATOL = 1e-6
