@@ -120,6 +120,26 @@ def test_interior_is_a_p6_group_convolution():
             torch.testing.assert_close(y[0, :, i, v], expected)
 
 
+@pytest.mark.parametrize("in_rep", ["scalar", "regular"])
+def test_corners_apply_the_taps_to_the_neighbour_mean_seen_from_the_corner(in_rep):
+    """At the 12 corners every output orientation is
+    y = b + sum_r w_c(r) own + sum_k sum_r w_k(r) nb(r - k - 3), where own is the corner's orientation
+    mean and nb the mean of its 5 neighbours with orientations aligned to the corner (`Padded`)."""
+    conv = _conv(2, in_rep, "regular")
+    signal = IcoSignal.from_vertices(_input(2, 3, conv.in_orientations))
+    y = conv(signal)
+    padded = conv.pad(signal)
+    own, nb = padded.corner_own[0], padded.corner_neighbours[0].mean(-1)  # [C, 12], [C, R, 12]
+    w, r_in = conv.weight.detach(), conv.in_orientations
+    expected = conv.bias.detach()[:, None] + w[:, :, :, 6].sum(2) @ own
+    for k in range(6):
+        for r in range(r_in):
+            expected = expected + w[:, :, r, k] @ nb[:, (r - k - 3) % r_in]
+    chart, h, ww = conv.out_corners.unbind(1)
+    got = torch.cat([y.charts[0][:, :, chart, h, ww], y.poles[0]], dim=-1)  # [C_out, 6, 12]
+    torch.testing.assert_close(got, expected[:, None].expand_as(got))
+
+
 @pytest.mark.parametrize("mode", ["max", "mean"])
 @pytest.mark.parametrize("orientations", [1, 6])
 def test_hex_pool_is_equivariant(mode, orientations):

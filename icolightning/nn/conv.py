@@ -58,12 +58,11 @@ class IcoConv(nn.Module):
         r_in = self.in_orientations
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, r_in, 7))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        expansion = torch.as_tensor(kernel_expansion(r_in, self.out_orientations), dtype=torch.float32)
-        self.register_buffer("expansion", expansion, persistent=False)
+        expansion = kernel_expansion(r_in, self.out_orientations)
+        self._dense_columns = expansion.shape[1]
+        both = np.concatenate([expansion, expansion[:, :r_in * _TAPS_3X3] @ _corner_selection(r_in)], axis=1)
+        self.register_buffer("expansion", torch.as_tensor(both, dtype=torch.float32), persistent=False)
         self._expansion_scale = ORIENTATIONS if self.out_orientations == 1 else 1
-        rolled = [[(r + k + 3) % r_in for k in range(ORIENTATIONS)] for r in range(r_in)]
-        self.register_buffer("corner_orient", torch.tensor(rolled), persistent=False)
-        self.register_buffer("corner_tap", torch.tensor(_TAP_POSITION), persistent=False)
         out_corners = IcoGrid(level - stride + 1).chart_corner_pixels()
         self.register_buffer("out_corners", torch.as_tensor(out_corners), persistent=False)
         pole_neighbours = np.unravel_index(corner_table(level).neighbours[CHART_CORNERS:],
@@ -89,21 +88,25 @@ class IcoConv(nn.Module):
 
     def dense_kernel(self) -> torch.Tensor:
         """[C_out·R_out, C_in·R_in, 3, 3] conv2d kernel from the 7-tap weights."""
+        return self._kernels()[0]
+
+    def _kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense conv2d kernel and the corner rule's [C_out, C_in·(1+R_in)] weights, from one
+        matmul of the 7-tap weights with the expansion: the corner rule needs no gathers, sums or
+        einsums of its own (fewer small kernels under torch.compile)."""
         o, c, r_out = self.out_channels, self.in_channels, self.out_orientations
         flat = self.weight.reshape(o * c, -1) @ self.expansion.to(self.weight.dtype)
         if self._expansion_scale != 1:
             flat = flat / self._expansion_scale
-        return flat.view(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
+        dense, corner = flat.split([self._dense_columns, flat.shape[1] - self._dense_columns], dim=1)
+        kernel = dense.reshape(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
+        return kernel, corner.reshape(o, -1)
 
-    def _corner_outputs(self, padded: Padded, kernel: torch.Tensor) -> torch.Tensor:
+    def _corner_outputs(self, padded: Padded, corner_weight: torch.Tensor) -> torch.Tensor:
         """[B, C_out, NUM_CORNERS]: output orientation 0's taps summed over the 6 directions, each applied
         to the mean of the corner's neighbours after rotating them to be relative to the corner."""
-        k0 = kernel.view(self.out_channels, self.out_orientations, self.in_channels, self.in_orientations,
-                        _TAPS_3X3)[:, 0]
-        centre = k0[..., _CENTRE].sum(-1)
-        ring = k0[:, :, self.corner_orient, self.corner_tap].sum(-1)
-        aligned = padded.corner_neighbours.mean(-1)
-        out = torch.einsum("oc,bcj->boj", centre, padded.corner_own) + torch.einsum("ocr,bcrj->boj", ring, aligned)
+        features = torch.cat([padded.corner_own[:, :, None], padded.corner_neighbours.mean(-1)], dim=2)
+        out = corner_weight @ features.flatten(1, 2)
         if self.bias is not None:
             out = out + self.bias[:, None]
         return out
@@ -116,11 +119,11 @@ class IcoConv(nn.Module):
                              f"{tuple(signal.charts.shape)}")
         padded = self.pad(signal)
         b = padded.buf.shape[0]
-        kernel = self.dense_kernel()
+        kernel, corner_weight = self._kernels()
         bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
         y = F.conv2d(planes(padded.buf), kernel, bias, stride=self.stride)
 
-        corners = self._corner_outputs(padded, kernel).to(y.dtype)
+        corners = self._corner_outputs(padded, corner_weight).to(y.dtype)
         rows = self.out_channels * self.out_orientations
         wanted = corners[:, :, None, :CHART_CORNERS].expand(b, -1, self.out_orientations, -1).reshape(b, rows, -1)
         chart, h, w = self.out_corners.unbind(1)
@@ -141,6 +144,19 @@ class IcoConv(nn.Module):
         charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, NUM_CHARTS, *y.shape[-2:], self.out_channels, -1))
         poles = corners[:, :, None, CHART_CORNERS:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
+
+
+def _corner_selection(in_orientations: int) -> np.ndarray:
+    """[R_in·9, 1 + R_in] 0/1 matrix from output orientation 0's dense 3x3 kernel to the corner rule's
+    weights: column 0 sums the centre taps of all input orientations (they all see the corner's own
+    orientation mean); column 1 + r sums, over the 6 directions k, the tap of direction k in the input
+    orientation that lines up with neighbour feature r once the neighbour is seen from the corner."""
+    select = np.zeros((in_orientations * _TAPS_3X3, 1 + in_orientations))
+    select[np.arange(in_orientations) * _TAPS_3X3 + _CENTRE, 0] = 1.0
+    for r in range(in_orientations):
+        for k in range(ORIENTATIONS):
+            select[((r + k + 3) % in_orientations) * _TAPS_3X3 + _TAP_POSITION[k], 1 + r] += 1.0
+    return select
 
 
 def with_estimated_poles(charts: torch.Tensor, pole_neighbours: torch.Tensor) -> IcoSignal:
