@@ -16,6 +16,7 @@ networks run in both layouts (NCHW and channels-last); the ratio is taken agains
     python scripts/bench_model.py --allocator default   # glibc's own mmap/trim (freed blocks refaulted each step)
     python scripts/bench_model.py --device cuda --dtype bfloat16
     python scripts/bench_model.py --profile          # + convolution time vs the rest, and the per-op gap
+    python scripts/bench_model.py --memory-only --level 4 5 6   # memory of one step each, no timing (fast)
     python scripts/bench_model.py --model unet --icocnn ~/src/icoCNN   # + the U-Net built from icoCNN's layers
 
 `--icocnn PATH` (U-Net only, float32) also times, in the same interleaved loop, the same U-Net built
@@ -260,6 +261,9 @@ HEADER = (f"{'model':<14}{'level':>6}{'ico ms':>10}{'NCHW ms':>10}{'NHWC ms':>10
           f"{'ico MB':>9}{'planar MB':>11}{'memory x':>10}{'sys ms':>9}")
 
 
+MEMORY_HEADER = f"{'model':<14}{'level':>6}{'ico MB':>9}{'NCHW MB':>10}{'NHWC MB':>10}{'memory x':>10}"
+
+
 def compiled(model: nn.Module, step_of: Callable[[nn.Module], Callable[[], None]]) -> tuple[Callable[[], None], float]:
     """The training step of `torch.compile(model)` and the seconds its first call took (the compile)."""
     step = step_of(torch.compile(model))
@@ -282,6 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one step of each network: convolutions vs the rest, and the ops where "
                              "the icosahedral step spends more than the planar one")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory of one step of each network (both planar layouts), no timing")
     add_runtime_args(parser, ["float32", "bfloat16", "float16"], thread_sweep=True)
     return parser
 
@@ -308,6 +314,11 @@ def _steps(task: str, level: int, args: argparse.Namespace, device: torch.device
 def _measure(task: str, level: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
              clock: Callable[[], float], ico_cnn: ModuleType | None) -> None:
     steps = _steps(task, level, args, device, dtype, ico_cnn)
+    if args.memory_only:
+        ico_mb, nchw_mb, nhwc_mb, *_ = (peak_bytes(s, device) / 2**20 for s in steps)
+        ratio = ico_mb / min(nchw_mb, nhwc_mb)
+        print(f"{task:<14}{level:>6}{ico_mb:>9.1f}{nchw_mb:>10.1f}{nhwc_mb:>10.1f}{ratio:>10.2f}", flush=True)
+        return
     (ico_s, nchw_s, nhwc_s, *icocnn_s), (ico_sys, *_) = interleaved(steps, args.repeats, device, clock)
     planar_step = steps[1] if nchw_s <= nhwc_s else steps[2]
     ico_mb, planar_mb, *icocnn_mb = (peak_bytes(s, device) / 2**20 for s in [steps[0], planar_step, *steps[3:]])
@@ -333,8 +344,8 @@ def main() -> None:
         load = " ".join(f"{v:.2f}" for v in os.getloadavg())
         print(f"device={device} dtype={args.dtype} threads={threads} batch={args.batch} clock={args.clock} "
               f"allocator={args.allocator} compile={args.compile} training step (forward + backward), "
-              f"median of {args.repeats}; load average {load}")
-        print(HEADER)
+              f"{'memory of one step' if args.memory_only else f'median of {args.repeats}'}; load average {load}")
+        print(MEMORY_HEADER if args.memory_only else HEADER)
         for task in args.model:
             for level in args.level:
                 _measure(task, level, args, device, dtype, clock, ico_cnn)

@@ -45,7 +45,26 @@ def test_every_conservative_variant_gives_the_float64_product():
     reference = np.stack([regrid_matrix(lat, lon, 2, "conservative").to_scipy() @ x.astype(np.float64)
                           for x in fields])
     works = bench.variants(2, 24, 36)
-    assert sum(not name.startswith(bench.YARDSTICKS) for name in works) == 8
+    assert sum(not name.startswith(bench.YARDSTICKS) for name in works) == 10
     for name, work in works.items():
         if not name.startswith(bench.YARDSTICKS):
             np.testing.assert_allclose(np.asarray(work(fields)), reference, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_column_runs_on_a_regional_descending_grid_give_the_product():
+    """Runs down the caller's latitude axis (descending here), block boundaries and the cells that
+    straddle a Voronoi edge or the regional edge: runs @ prefix + straddle @ x == W @ x."""
+    bench = load_script()
+    lat, lon = np.arange(70.0, -41.0, -3.0), np.arange(-60.0, 61.0, 4.0)
+    matrix = regrid_matrix(lat, lon, 3, "conservative").to_scipy()
+    x = np.random.default_rng(1).random(lat.size * lon.size).astype(np.float32)
+    band = bench.row_areas(lat, lon)
+    csc = matrix.tocsc()
+    alone = np.flatnonzero(np.diff(csc.indptr) == 1)  # cells inside one Voronoi cell
+    pairs = np.unique(csc.indices[csc.indptr[alone]] * lon.size + alone % lon.size).size
+    for block in (lat.size, 5, 16):
+        runs, straddle = bench.column_runs(matrix, band, block)
+        if block == lat.size:  # one run per vertex and column (the cells' weights follow the row areas)
+            assert runs.nnz <= 2 * pairs
+        out = runs @ bench.block_prefix(band, block)(x, np.empty((lat.size, lon.size), np.float32)) + straddle @ x
+        np.testing.assert_allclose(out, matrix @ x.astype(np.float64), rtol=0, atol=1e-6, err_msg=f"block {block}")

@@ -168,3 +168,15 @@ def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypa
     charts_call = (((10, 18, 4, 8), True, (18, 18, 3, 3), 1))
     assert calls.count(charts_call) == 4, calls  # the unpadded charts, implicit padding
     assert {c[3] for c in calls if c != ico_call} == {1}, calls  # the plain steps pad implicitly
+
+
+def test_memory_only_prints_the_saved_bytes_of_both_planar_layouts_and_the_ratio():
+    args = ["--memory-only", "--model", "unet", "classifier", "--level", "2", "--batch", "2", "--threads", "1"]
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "memory of one step" in done.stdout and "ms" not in done.stdout  # nothing timed
+    for model in ("unet", "classifier"):
+        level, ico_mb, nchw_mb, nhwc_mb, ratio = _numbers(done.stdout, model)
+        assert level == 2 and min(ico_mb, nchw_mb, nhwc_mb) > 0
+        assert abs(ratio - ico_mb / min(nchw_mb, nhwc_mb)) < 0.01

@@ -36,7 +36,8 @@ class IcoClassifier(nn.Module):
         check_levels(level, len(widths), "IcoClassifier")
         self.in_rep, rep = check_variant(variant)
         self.level, self.variant, self.num_classes = level, variant, num_classes
-        self.stages = encoder_stages(in_channels, widths, level, self.in_rep, rep, downsample, norm, dropout)
+        self.stages = encoder_stages(in_channels, widths, level, self.in_rep, rep, downsample, norm, dropout,
+                                     pad_last=False)
         self.orientation_pool = OrientationPool("mean")
         self.head = nn.Sequential(nn.Linear(widths[-1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from icolightning.grid import CHART_CORNERS, NUM_POLES, IcoGrid
 from icolightning.nn.layout import charts_view, from_planes, memory, planes
@@ -66,11 +67,53 @@ def _hex_windows(padded: torch.Tensor, h: int, w: int, mode: str) -> torch.Tenso
     {(0, 0), (0, 1), (1, 0), (1, 1)} and {(-1, -1), (-1, 0), (0, -1), (0, 0)} (see HEX_OFFSETS),
     so two native 2x2 pools on shifted views give it (the mean subtracts the shared centre once).
     """
-    ahead, behind = padded[..., 1:h + 1, 1:w + 1], padded[..., :h, :w]
+    ahead, behind = _windows(padded, h, w)
     if mode == "max":
-        return torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
+        if torch.compiler.is_compiling():  # Inductor sees the native ops and picks what to save itself
+            return torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
+        return _HexMaxPool.apply(padded, h, w)
     sums = F.avg_pool2d(ahead, 2, divisor_override=1) + F.avg_pool2d(behind, 2, divisor_override=1)
     return (sums - padded[..., 1:h + 1:2, 1:w + 1:2]) / 7
+
+
+def _windows(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The views of padded [N, C, H+2, W+2] planes whose 2x2 windows at (0, 0) and (-1, -1) make the hexagon."""
+    return padded[..., 1:h + 1, 1:w + 1], padded[..., :h, :w]
+
+
+def _window_max(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.aten.max_pool2d_with_indices(view, [2, 2], [2, 2])
+
+
+class _HexMaxPool(torch.autograd.Function):
+    """The hex max `torch.maximum(max_pool2d(ahead), max_pool2d(behind))` that saves only its input.
+
+    Autograd through the native ops would save two int64 index tensors and both window maxima (1.5x the
+    bytes of the input); the input is the padded buffer that the layer before saves anyway, so saving
+    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient (ties
+    between the windows split it in half, as `torch.maximum`'s backward does)."""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        ctx.save_for_backward(padded)
+        ctx.h, ctx.w = h, w
+        ahead, behind = _windows(padded, h, w)
+        return torch.maximum(_window_max(ahead)[0], _window_max(behind)[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (padded,) = ctx.saved_tensors
+        views = _windows(padded, ctx.h, ctx.w)
+        (a, a_index), (b, b_index) = (_window_max(view) for view in views)
+        split = torch.where(a == b, grad / 2, grad)
+        g_views = (split.masked_fill(a < b, 0), split.masked_fill_(a > b, 0))
+        g_padded = torch.zeros_like(padded)
+        for g_view, view, index, into in zip(g_views, views, (a_index, b_index), _windows(g_padded, ctx.h, ctx.w),
+                                             strict=True):
+            into.add_(torch.ops.aten.max_pool2d_with_indices_backward(g_view, view, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                      False, index))
+        return g_padded, None, None
 
 
 class IcoUpsample(nn.Module):
