@@ -1,6 +1,7 @@
 """What a training step keeps for backward (DESIGN §7: memory ≤ 1.2x the planar twin): the hex max
 pool keeps only its input and gives exactly the native gradient; no model keeps an int64 activation;
-the classifier's last block keeps no padded buffer that nothing reads."""
+the classifier's last block keeps no padded buffer that nothing reads; a convolution keeps one
+copy of its dense kernel."""
 
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from icolightning.grid import IcoGrid
 from icolightning.models import IcoClassifier, IcoUNet
-from icolightning.nn import IcoSignal
+from icolightning.nn import IcoConv, IcoSignal
 from icolightning.nn.pooling import _hex_windows, _windows
 
 
@@ -89,3 +90,14 @@ def test_only_the_classifiers_last_stage_writes_no_padded_buffer():
         h = stage(h)
         padded.append(h.padded is not None)
     assert padded == [True, False]
+
+
+def test_the_convolution_keeps_one_copy_of_its_dense_kernel():
+    """Only the padded input and the dense kernel are as large as the kernel: the corner rule's product
+    with it must save a view of the kernel conv2d keeps, not a permuted copy (an einsum saved one)."""
+    conv = IcoConv(8, 8, 3)
+    signal = IcoSignal.from_vertices(torch.randn(2, 8, 6, IcoGrid(3).num_vertices, requires_grad=True))
+    storages = saved_storages(lambda: conv(signal).charts.sum().backward())
+    kernel_bytes = conv.dense_kernel().untyped_storage().nbytes()
+    large = sorted(n for n, _ in storages.values() if n >= kernel_bytes)
+    assert len(large) == 2 and large[0] == kernel_bytes, large

@@ -136,7 +136,9 @@ class IcoConv(nn.Module):
         else:
             # Adding (wanted - conv output) instead of overwriting keeps backward free: the
             # gradient of an accumulate is the identity, an overwrite would clone it.
-            raw = torch.einsum("bqjp,kqp->bkj", padded.patches.flatten(1, 2), kernel.flatten(2))
+            # A matmul with a view of the kernel, so autograd saves the storage conv2d saves anyway.
+            patches = padded.patches.flatten(1, 2).transpose(1, 2).flatten(2)  # [B, corners, C·R·9]
+            raw = (patches @ kernel.flatten(1).t()).transpose(1, 2)
             if bias is not None:
                 raw = raw + bias[:, None]
             y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
