@@ -57,11 +57,12 @@ class ConvBlock(nn.Sequential):
                  norm: str = "batch", dropout: float = 0.0, padded_output: bool = True) -> None:
         layers: list[nn.Module] = []
         for k in range(2):
+            fused = norm == "batch" and (k == 0 or padded_output)
             layers += [
                 IcoConv(in_channels if k == 0 else out_channels, out_channels, level,
                         in_rep if k == 0 else rep, rep, bias=norm == "none"),
-                _norm(norm, out_channels, level if k == 0 or padded_output else None),
-                nn.Identity() if norm == "batch" and (k == 0 or padded_output) else IcoPointwise(nn.ReLU()),
+                _norm(norm, out_channels, level if fused else None),
+                nn.Identity() if fused else IcoPointwise(nn.ReLU()),
             ]
         if dropout:
             layers.append(IcoDropout(dropout))
