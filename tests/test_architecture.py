@@ -51,3 +51,21 @@ def test_a_lazy_import_that_closes_a_loop_is_found(tmp_path) -> None:
     finally:
         sys.path.remove(str(tmp_path))
     assert ("loopy.a", "loopy.b", "loopy.a") in loops
+
+
+def test_the_data_tools_start_without_torch() -> None:
+    """`icolightning-regrid` and `icolightning-make-synthetic` print their usage and usage errors in
+    well under a second: importing them (and regridding, reading, the synthetic generators) pulls in
+    neither torch nor Lightning, which `datamodules` imports only when a datamodule is asked for."""
+    light = ["icolightning.cli.regrid", "icolightning.cli.make_synthetic", "icolightning.cli.events",
+             "datamodules.regrid", "datamodules.io", "datamodules.climatenet.synthetic",
+             "datamodules.climate_sphere.synthetic"]
+    code = (f"import importlib, sys\nfor m in {light!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+    import datamodules  # the lazy exports still resolve, to the datamodule classes
+
+    assert datamodules.ClimateDataModule.__module__ == "datamodules.climatenet.datamodule"
+    assert {"ClimateDataModule", "ClimateSphereDataModule", "SphericalMNISTDataModule"} <= set(dir(datamodules))

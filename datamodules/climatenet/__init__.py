@@ -1,5 +1,3 @@
-"""ClimateNet-layout data: the file schema, the LightningDataModule, and the synthetic generator."""
+"""ClimateNet-layout data: the file schema, the LightningDataModule, and the synthetic generator.
 
-from datamodules.climatenet.datamodule import ClimateDataModule
-
-__all__ = ["ClimateDataModule"]
+The datamodule is exported by `datamodules` (imported on first use there)."""

