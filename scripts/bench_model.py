@@ -16,6 +16,7 @@ networks run in both layouts (NCHW and channels-last); the ratio is taken agains
     python scripts/bench_model.py --allocator default   # glibc's own mmap/trim (freed blocks refaulted each step)
     python scripts/bench_model.py --device cuda --dtype bfloat16
     python scripts/bench_model.py --profile          # + convolution time vs the rest, and the per-op gap
+    python scripts/bench_model.py --convs --clock cpu   # + every convolution call of a step, ico vs planar
     python scripts/bench_model.py --memory-only --level 4 5 6   # memory of one step each, no timing (fast)
     python scripts/bench_model.py --model unet --icocnn ~/src/icoCNN   # + the U-Net built from icoCNN's layers
 
@@ -43,6 +44,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from bench_convcalls import print_convs
 from bench_profile import print_profile
 from bench_runtime import add_runtime_args, runtime
 from torch import nn
@@ -286,6 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one step of each network: convolutions vs the rest, and the ops where "
                              "the icosahedral step spends more than the planar one")
+    parser.add_argument("--convs", action="store_true",
+                        help="also time every convolution call (forward and backward) of a step of each network, "
+                             "call by call, interleaved (median of --repeats), with the multiply-adds each needs")
     parser.add_argument("--memory-only", action="store_true",
                         help="only the memory of one step of each network (both planar layouts), no timing")
     add_runtime_args(parser, ["float32", "bfloat16", "float16"], thread_sweep=True)
@@ -328,6 +333,8 @@ def _measure(task: str, level: int, args: argparse.Namespace, device: torch.devi
     if args.profile:
         layout = "NCHW" if planar_step is steps[1] else "NHWC"
         print_profile(task, steps[0], f"planar {layout}", planar_step)
+    if args.convs:
+        print_convs(task, steps[:3], ["ico", "planar NCHW", "planar NHWC"], args.repeats, clock)
 
 
 def main() -> None:
@@ -335,6 +342,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.icocnn is not None and "unet" not in args.model:
         parser.error("--icocnn times the U-Net only: add unet to --model")
+    if args.convs and (args.compile or args.memory_only):
+        parser.error("--convs times eager steps: drop --compile / --memory-only")
     if args.icocnn is not None and args.dtype != "float32":
         parser.error("--icocnn times float32 only (icoCNN's UnPoolIco builds float32 buffers)")
     ico_cnn = load_icocnn(args.icocnn) if args.icocnn is not None else None

@@ -5,10 +5,13 @@ what it was built with."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
 
@@ -180,3 +183,42 @@ def test_memory_only_prints_the_saved_bytes_of_both_planar_layouts_and_the_ratio
         level, ico_mb, nchw_mb, nhwc_mb, ratio = _numbers(done.stdout, model)
         assert level == 2 and min(ico_mb, nchw_mb, nhwc_mb) > 0
         assert abs(ratio - ico_mb / min(nchw_mb, nhwc_mb)) < 0.01
+
+
+def test_convs_pairs_every_convolution_call_and_counts_the_taps_zero_padding_skips(capsys):
+    """--convs: the icosahedral U-Net and its planar twins make the same convolution calls in the same
+    order (same weights, same gradients computed); the icosahedral ones run with padding 0 over the
+    channels-last padded charts, the planar ones with padding 1, and each pair's multiply-adds differ by
+    exactly the taps a zero-padded conv skips: 9HW / ((3H - 2)(3W - 2)) for an H x W output."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_convcalls
+        import bench_model
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert bench_convcalls.taps(18, 16, 3, 1, 0, 1) == 48 and bench_convcalls.taps(16, 16, 3, 1, 1, 1) == 46
+    ico, planar, x, images, ico_target, planar_target = bench_model._case("unet", 2, 1, torch.device("cpu"),
+                                                                          torch.float32)
+    planar_cl = copy.deepcopy(planar).to(memory_format=torch.channels_last)
+    steps = [bench_model.training_step(ico, x, ico_target), bench_model.training_step(planar, images, planar_target),
+             bench_model.training_step(planar_cl, images.contiguous(memory_format=torch.channels_last),
+                                       planar_target)]
+    rows = bench_convcalls.compare(steps, 1, time.perf_counter)
+    assert len(rows) == 2 * 11 and [calls[0].kind for calls, _ in rows].count("backward") == 11
+    for (ico_call, nchw_call, nhwc_call), seconds in rows:
+        assert len(seconds) == 3 and all(s > 0 for s in seconds)
+        assert ico_call.input_format == nhwc_call.input_format == "NHWC" and nchw_call.input_format == "NCHW"
+        assert ico_call.padding == (0, 0) and nhwc_call.padding == (1, 1)
+        h, w = nhwc_call.input[-2:]
+        assert ico_call.input[-2:] == (h + 2, w + 2)
+        assert ico_call.macs * (3 * h - 2) * (3 * w - 2) == nhwc_call.macs * 9 * h * w == nchw_call.macs * 9 * h * w
+    assert rows[-1][0][0].grads == "w"  # the first layer's input needs no gradient, in both networks
+    bench_convcalls.print_convs("unet", steps, ["ico", "planar NCHW", "planar NHWC"], 1, time.perf_counter)
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 2 + 22 + 3 and "total backward" in printed
+    with pytest.raises(ValueError, match="different convolution calls"):
+        bench_convcalls.compare([steps[0], lambda: None], 1, time.perf_counter)
