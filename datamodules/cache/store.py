@@ -240,9 +240,6 @@ class VertexStore:
         with atomic_path(self.path / f"{_REGION}{region:06d}") as tmp:
             tmp.write_text(json.dumps({"start": start, "stop": stop}))
 
-    def update_attrs(self, attrs: dict) -> None:
-        self._group("r+").attrs.update(attrs)
-
     def finish(self) -> None:
         """Mark the store complete (every region written) and consolidate its metadata for xarray."""
         missing = set(range(self.num_regions)) - self.done_regions()
