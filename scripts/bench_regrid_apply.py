@@ -186,6 +186,7 @@ def prefix_runs(csr: scipy.sparse.csr_matrix, band: np.ndarray, block: int, part
     if parts:
         works[f"parts: the block-{block} prefix pass alone"] = per_field(lambda x: prefix(x, buffer)[:1])
         works["parts: the straddling weights' CSR alone"] = per_field(lambda x: straddle @ x)
+        works["parts: the straddling weights alone, torch CSR mv"] = torch_threads(torch_csr(straddle, np.int32), 1)
     return works
 
 

@@ -336,17 +336,19 @@ def test_the_fingerprint_sees_a_change_of_the_weights(monkeypatch) -> None:
         clear_matrix_cache()
 
 
-def test_the_product_runs_in_torch_on_one_thread_and_matches_scipy_for_any_layout(monkeypatch) -> None:
-    """float32 and float64 rows go through torch's CSR product on one thread (the caller's thread
-    count restored afterwards) and give scipy's float64 product; reversed, strided and read-only
-    inputs are copied for torch, not misread."""
+def test_long_rows_run_in_torch_on_one_thread_and_match_scipy_for_any_layout(monkeypatch) -> None:
+    """float32 and float64 rows of a matrix with long rows (conservative, here 15 weights per
+    vertex) go through torch's CSR product on one thread (the caller's thread count restored
+    afterwards) and give scipy's float64 product; reversed, strided and read-only inputs are
+    copied for torch, not misread. Short rows (bilinear, 4 per vertex) stay with scipy."""
     import scipy.sparse
     import torch
 
     from datamodules.regrid import matrix as matrix_module
 
-    lat, lon = centred_grid(12, 24)
+    lat, lon = centred_grid(24, 48)
     matrix = regrid_matrix(lat, lon, 2, "conservative")
+    assert matrix.indices.size > matrix_module.TORCH_MIN_WEIGHTS_PER_ROW * matrix.num_targets
     values = np.random.default_rng(5).standard_normal((3, lat.size * lon.size))
     expected = np.stack([matrix.to_scipy() @ row for row in values])
     threads_seen, real_mv = [], torch.mv
@@ -373,9 +375,13 @@ def test_the_product_runs_in_torch_on_one_thread_and_matches_scipy_for_any_layou
             np.testing.assert_allclose(reversed_out, np.stack([matrix.to_scipy() @ row[::-1] for row in values]),
                                        rtol=rtol, atol=rtol)
         assert torch.get_num_threads() == 2
+        assert len(threads_seen) == 2 * 5 * 3 and set(threads_seen) == {1}
+        bilinear = regrid_matrix(lat, lon, 2, "bilinear")
+        np.testing.assert_allclose(bilinear.apply(values.astype(np.float32)),
+                                   np.stack([bilinear.to_scipy() @ row for row in values]), rtol=1e-6, atol=1e-6)
+        assert len(threads_seen) == 2 * 5 * 3  # no torch product for 4 weights per row
     finally:
         torch.set_num_threads(before)
-    assert len(threads_seen) == 2 * 5 * 3 and set(threads_seen) == {1}
     wide = scipy.sparse.csr_matrix(np.eye(3, dtype=np.float32))
     wide.indices, wide.indptr = wide.indices.astype(np.int64), wide.indptr.astype(np.int64)
     assert matrix_module._torch_csr(wide) is None  # 64-bit indices: scipy
