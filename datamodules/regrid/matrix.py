@@ -15,7 +15,7 @@ import torch
 TORCH_MIN_WEIGHTS_PER_ROW = 8
 """Mean weights per row from which torch's CSR product is used. Measured on 16 cold ClimateNet
 fields (768 x 1152, float32): conservative to levels 5-7 (110 to 12 weights per vertex) 12-23%
-faster than scipy's; bilinear to level 5 (4 per vertex) 9-12% slower."""
+faster than scipy's; bilinear to level 5 (4 per vertex) 9-13% slower."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,10 @@ def _torch_csr(csr: scipy.sparse.csr_matrix) -> torch.Tensor | None:
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """torch (and MKL) on one thread for the products, restored afterwards: like scipy's. On the
-    shared 2-core machine two threads made the level-5 product 4-8x slower, and the cache builder
-    already runs one process per core. torch's thread count is process-wide: a torch computation
-    running in another Python thread meanwhile also gets one thread."""
+    shared 2-core machine, with the other core busy, two threads made the level-5 product 4-9x
+    slower (with it idle, 1.8x faster), and the cache builder can run a worker process per core.
+    torch's thread count is process-wide: a torch computation running in another Python thread
+    meanwhile also gets one thread."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
