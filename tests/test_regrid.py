@@ -385,3 +385,34 @@ def test_long_rows_run_in_torch_on_one_thread_and_match_scipy_for_any_layout(mon
     wide = scipy.sparse.csr_matrix(np.eye(3, dtype=np.float32))
     wide.indices, wide.indptr = wide.indices.astype(np.int64), wide.indptr.astype(np.int64)
     assert matrix_module._torch_csr(wide) is None  # 64-bit indices: scipy
+
+
+def _apply_in_child(matrix, values: np.ndarray) -> np.ndarray:
+    return matrix.apply(values)
+
+
+def test_a_forked_worker_builds_and_applies_the_torch_product() -> None:
+    """The cache builder forks its workers: after torch ran a two-thread parallel region in the
+    parent, a worker building the torch matrix (its invariant check) and applying it must not
+    enter a multi-threaded OpenMP region, which deadlocks after fork."""
+    import multiprocessing
+
+    import torch
+
+    from datamodules.regrid.matrix import RegridMatrix
+
+    lat, lon = centred_grid(144, 288)  # over 32 k weights: torch's checks run in parallel
+    cached = regrid_matrix(lat, lon, 2, "conservative")
+    fresh = RegridMatrix(cached.indptr, cached.indices, cached.weights, cached.num_sources, False)  # nothing built
+    values = np.random.default_rng(6).standard_normal((2, lat.size * lon.size))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        big = torch.randn(1 << 22)
+        torch.exp(big).sum()  # parallel regions in the parent: OpenMP's team exists
+        cached.apply(values)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            out = pool.apply_async(_apply_in_child, (fresh, values)).get(timeout=30)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(out, np.stack([cached.to_scipy() @ row for row in values]), rtol=1e-13, atol=1e-13)

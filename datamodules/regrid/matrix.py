@@ -163,7 +163,9 @@ def _torch_csr(csr: scipy.sparse.csr_matrix) -> torch.Tensor | None:
         return None
     csr.sort_indices()  # in place, a no-op when sorted: torch's invariants want sorted rows
     arrays = (torch.from_numpy(csr.indptr), torch.from_numpy(csr.indices), torch.from_numpy(csr.data))
-    with warnings.catch_warnings():
+    # One thread for the invariant check too: in a process forked after torch ran a parallel
+    # region (the cache builder's fork pool), a multi-threaded OpenMP region deadlocks.
+    with warnings.catch_warnings(), _one_torch_thread():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         return torch.sparse_csr_tensor(*arrays, size=csr.shape, check_invariants=True)
 
