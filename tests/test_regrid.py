@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,85 @@ def test_the_fingerprint_sees_a_change_of_the_weights(monkeypatch) -> None:
         assert regrid_fingerprint() != REGRID_FINGERPRINTS[CACHE_VERSION]
     finally:
         clear_matrix_cache()
+
+
+def test_long_rows_run_in_torch_on_one_thread_and_match_scipy_for_any_layout(monkeypatch) -> None:
+    """float32 and float64 rows of a matrix with long rows (conservative, here 15 weights per
+    vertex) go through torch's CSR product on one thread (the caller's thread count restored
+    afterwards) and give scipy's float64 product; reversed, strided and read-only inputs are
+    copied for torch, not misread. Short rows (bilinear, 4 per vertex) stay with scipy."""
+    import scipy.sparse
+    import torch
+
+    from datamodules.regrid import matrix as matrix_module
+
+    lat, lon = centred_grid(24, 48)
+    matrix = regrid_matrix(lat, lon, 2, "conservative")
+    assert matrix.indices.size > matrix_module.TORCH_MIN_WEIGHTS_PER_ROW * matrix.num_targets
+    values = np.random.default_rng(5).standard_normal((3, lat.size * lon.size))
+    expected = np.stack([matrix.to_scipy() @ row for row in values])
+    threads_seen, real_mv = [], torch.mv
+
+    def recording_mv(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return real_mv(*args, **kwargs)
+
+    monkeypatch.setattr(matrix_module.torch, "mv", recording_mv)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for dtype, rtol in ((np.float32, 1e-6), (np.float64, 1e-13)):
+            typed = values.astype(dtype)
+            readonly = typed.copy()
+            readonly.flags.writeable = False
+            for layout in (typed, np.repeat(typed, 2, axis=1)[:, ::2], np.asfortranarray(typed), readonly):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # torch.from_numpy warns on a read-only array
+                    out = matrix.apply(layout)
+                assert out.dtype == dtype
+                np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol)
+            reversed_out = matrix.apply(typed[:, ::-1])  # a different source order: scipy on the copy
+            np.testing.assert_allclose(reversed_out, np.stack([matrix.to_scipy() @ row[::-1] for row in values]),
+                                       rtol=rtol, atol=rtol)
+        assert torch.get_num_threads() == 2
+        assert len(threads_seen) == 2 * 5 * 3 and set(threads_seen) == {1}
+        bilinear = regrid_matrix(lat, lon, 2, "bilinear")
+        np.testing.assert_allclose(bilinear.apply(values.astype(np.float32)),
+                                   np.stack([bilinear.to_scipy() @ row for row in values]), rtol=1e-6, atol=1e-6)
+        assert len(threads_seen) == 2 * 5 * 3  # no torch product for 4 weights per row
+    finally:
+        torch.set_num_threads(before)
+    wide = scipy.sparse.csr_matrix(np.eye(3, dtype=np.float32))
+    wide.indices, wide.indptr = wide.indices.astype(np.int64), wide.indptr.astype(np.int64)
+    assert matrix_module._torch_csr(wide) is None  # 64-bit indices: scipy
+
+
+def _apply_in_child(matrix, values: np.ndarray) -> np.ndarray:
+    return matrix.apply(values)
+
+
+def test_a_forked_worker_builds_and_applies_the_torch_product() -> None:
+    """The cache builder forks its workers: after torch ran a two-thread parallel region in the
+    parent, a worker building the torch matrix (its invariant check) and applying it must not
+    enter a multi-threaded OpenMP region, which deadlocks after fork."""
+    import multiprocessing
+
+    import torch
+
+    from datamodules.regrid.matrix import RegridMatrix
+
+    lat, lon = centred_grid(144, 288)  # over 32 k weights: torch's checks run in parallel
+    cached = regrid_matrix(lat, lon, 2, "conservative")
+    fresh = RegridMatrix(cached.indptr, cached.indices, cached.weights, cached.num_sources, False)  # nothing built
+    values = np.random.default_rng(6).standard_normal((2, lat.size * lon.size))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        big = torch.randn(1 << 22)
+        torch.exp(big).sum()  # parallel regions in the parent: OpenMP's team exists
+        cached.apply(values)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            out = pool.apply_async(_apply_in_child, (fresh, values)).get(timeout=30)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(out, np.stack([cached.to_scipy() @ row for row in values]), rtol=1e-13, atol=1e-13)
