@@ -357,7 +357,7 @@ def test_long_rows_run_in_torch_on_one_thread_and_match_scipy_for_any_layout(mon
         threads_seen.append(torch.get_num_threads())
         return real_mv(*args, **kwargs)
 
-    monkeypatch.setattr(matrix_module.torch, "mv", recording_mv)
+    monkeypatch.setattr(torch, "mv", recording_mv)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

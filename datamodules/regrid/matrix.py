@@ -7,15 +7,19 @@ import functools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 TORCH_MIN_WEIGHTS_PER_ROW = 8
 """Mean weights per row from which torch's CSR product is used. Measured on 16 cold ClimateNet
 fields (768 x 1152, float32): conservative to levels 5-7 (110 to 12 weights per vertex) 12-23%
-faster than scipy's; bilinear to level 5 (4 per vertex) 9-13% slower."""
+faster than scipy's; bilinear to level 5 (4 per vertex) 9-13% slower. torch is imported only when
+such a matrix is first applied, so that regridding tools start without it."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class RegridMatrix:
         sparse = self._mkl32 if flat.dtype == np.float32 else self._mkl64
         if csr.dtype != flat.dtype:
             csr, sparse = self._csr(flat.dtype.type), None
+        if sparse is not None:
+            import torch
         if sparse is not None and not (flat.flags.c_contiguous and flat.flags.writeable):
             flat = np.array(flat, order="C")  # torch.from_numpy wants a writable, positively strided buffer
         out = np.empty((flat.shape[0], self.num_targets), dtype=flat.dtype)
@@ -161,6 +167,8 @@ def _torch_csr(csr: scipy.sparse.csr_matrix) -> torch.Tensor | None:
     would convert 64-bit ones on every call."""
     if csr.indices.dtype != np.int32 or csr.indptr.dtype != np.int32:
         return None
+    import torch
+
     csr.sort_indices()  # in place, a no-op when sorted: torch's invariants want sorted rows
     arrays = (torch.from_numpy(csr.indptr), torch.from_numpy(csr.indices), torch.from_numpy(csr.data))
     # One thread for the invariant check too: in a process forked after torch ran a parallel
@@ -177,6 +185,8 @@ def _one_torch_thread() -> Iterator[None]:
     slower (with it idle, 1.8x faster), and the cache builder can run a worker process per core.
     torch's thread count is process-wide: a torch computation running in another Python thread
     meanwhile also gets one thread."""
+    import torch
+
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
