@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from icolightning.nn.batch_stats import affine_of, batch_norm_grads
+from icolightning.nn.batch_stats import affine_of, batch_norm_grads, columns, per_column
 from icolightning.nn.layout import charts_view, empty_planes, from_planes
 from icolightning.nn.padding import PadTables, corner_grads, fill_border, gauge_pad_backward
 from icolightning.nn.signal import IcoSignal, Padded
@@ -40,7 +40,7 @@ class _NormReluPad(torch.autograd.Function):
         scale, shift = (t.to(charts.dtype) for t in affine_of(mean, invstd, weight, bias))
         planes = empty_planes(b * n, c * r, h + 2, w + 2, charts)
         interior = _interior(planes, b, r)
-        torch.addcmul(shift.view(c, 1), charts, scale.view(c, 1), out=interior)
+        torch.addcmul(per_column(shift, r), columns(charts), per_column(scale, r), out=interior.view(b, n, h, w, c * r))
         out_poles = torch.addcmul(shift.view(c, 1, 1), poles, scale.view(c, 1, 1))
         if relu:
             interior.clamp_min_(0)

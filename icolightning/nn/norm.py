@@ -14,7 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from icolightning.distributed import rank_and_world
-from icolightning.nn.batch_stats import affine_of, batch_norm_grads, batch_statistics
+from icolightning.nn.batch_stats import affine_of, batch_norm_grads, batch_statistics, columns, per_column
 from icolightning.nn.fused import norm_relu_pad
 from icolightning.nn.layout import charts_view, memory
 from icolightning.nn.padding import GaugePad
@@ -120,7 +120,8 @@ class _BatchNormFunction(torch.autograd.Function):
         scale, shift = affine_of(mean, invstd, weight, bias)
         c = charts.shape[-2]
         scale_, shift_ = scale.to(charts.dtype), shift.to(charts.dtype)
-        out_charts = torch.addcmul(shift_.view(c, 1), charts, scale_.view(c, 1))
+        r = charts.shape[-1]
+        out_charts = torch.addcmul(per_column(shift_, r), columns(charts), per_column(scale_, r)).view(charts.shape)
         out_poles = torch.addcmul(shift_.view(c, 1, 1), poles, scale_.view(c, 1, 1))
         ctx.save_for_backward(charts, poles, weight, mean, invstd)
         ctx.count, ctx.syncing, ctx.group = count, syncing, group
