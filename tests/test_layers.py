@@ -391,3 +391,33 @@ def test_inductor_compiled_conv_matches_eager(in_rep, out_rep):
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_split_input_gives_the_layer_of_its_concatenation(in_rep, out_rep, stride):
+    """IcoConv([a, b]) (the U-Net's decoder input, never concatenated) is IcoConv(cat(a, b)) in values
+    and gradients, corners and poles included: each part gets its channels' slice of the kernel and of
+    the corner rule. Part b comes with the padded buffer a fused norm wrote (the skip), part a without."""
+    from icolightning.nn import cat_signals
+
+    level, r = 2, 6 if in_rep == "regular" else 1
+    torch.manual_seed(2)
+    conv = IcoConv(5, 4, level, in_rep, out_rep, stride=stride).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    norm = IcoBatchNorm(3, relu=True, pad_level=level).double()
+    a_in, b_in = _input(level, 2, r, seed=3).requires_grad_(), _input(level, 3, 6, seed=4).requires_grad_()
+    results = []
+    for split in (True, False):
+        a = IcoSignal.from_vertices(a_in)
+        b = norm(IcoSignal.from_vertices(b_in))
+        if r == 1:
+            b = b.map(lambda t: t.mean(2, keepdim=True))
+        assert (b.padded is not None) == (r == 6)
+        y = conv([a, b] if split else cat_signals([a, b])).to_vertices()
+        weights = torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)
+        grads = torch.autograd.grad((y * weights).sum(), [a_in, b_in, conv.weight, conv.bias])
+        results.append((y, *grads))
+    for new, old in zip(*results, strict=True):
+        torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12)

@@ -101,3 +101,32 @@ def test_the_convolution_keeps_one_copy_of_its_dense_kernel():
     kernel_bytes = conv.dense_kernel().untyped_storage().nbytes()
     large = sorted(n for n, _ in storages.values() if n >= kernel_bytes)
     assert len(large) == 2 and large[0] == kernel_bytes, large
+
+
+def test_the_unet_decoder_never_builds_the_skip_concatenation():
+    """The decoder's first convolution takes the upsampled and skip halves apart (it is linear in its
+    input), so the forward pass concatenates no activations: every `cat` in it is smaller than the
+    logits (the corner rule's features, the head's poles appended to its charts). A concatenated decoder
+    input would be a full-size copy and a padded buffer saved for backward (14.9 MB at level 4, batch 8).
+    (Backward's cats are the weight gradients of the kernel split, parameter-sized.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Cats(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.cat.default:
+                self.sizes.append(out.numel())
+            return out
+
+    torch.manual_seed(0)
+    level, classes = 3, 3
+    model = IcoUNet(1, classes, level, (4, 6, 8))
+    cats = Cats()
+    with cats:
+        logits = model(torch.randn(2, 1, IcoGrid(level).num_vertices))
+    logits.sum().backward()
+    assert cats.sizes and max(cats.sizes) <= logits.numel(), (sorted(cats.sizes), logits.numel())

@@ -191,8 +191,10 @@ def test_features_stay_in_one_layout_from_input_to_logits():
 def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors():
     """Each conv2d of a training step, forward and backward, gets the padded buffer itself (dense,
     channels-last, no implicit padding) and a dense channels-last output gradient; the lifting layer
-    computes no input gradient. An NCHW or strided tensor would make oneDNN reorder it before every call,
-    a full-size copy; these calls are otherwise the planar twin's (docs/performance.md, "Where the gap is")."""
+    computes no input gradient; each U-Net decoder's first layer makes two calls, one per half of its
+    input (the upsampled and the skip). An NCHW or strided tensor would make oneDNN reorder it before
+    every call, a full-size copy; these calls are otherwise the planar twin's (docs/performance.md,
+    "Where the gap is")."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
@@ -213,7 +215,7 @@ def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors()
                                    grad.is_contiguous(memory_format=torch.channels_last), padding, mask[0]))
             return func(*args, **(kwargs or {}))
 
-    for model, convs in ((IcoUNet(2, 3, 3, widths=(4, 6, 8)), 11), (IcoClassifier(2, 4, 3, widths=(4, 6)), 4)):
+    for model, convs in ((IcoUNet(2, 3, 3, widths=(4, 6, 8)), 13), (IcoClassifier(2, 4, 3, widths=(4, 6)), 4)):
         recorder = Convolutions()
         with recorder:
             model(torch.randn(2, 2, IcoGrid(3).num_vertices)).float().logsumexp(1).mean().backward()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from icolightning.models.blocks import ConvBlock, as_input_signal, check_levels, check_variant, encoder_stages
-from icolightning.nn import IcoConv, cat_signals
+from icolightning.nn import IcoConv
 from icolightning.nn.pooling import IcoUpsample
 
 
@@ -51,5 +51,5 @@ class IcoUNet(nn.Module):
             h = encoder(h)
             skips.append(h)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):
-            h = decoder(cat_signals([up(h), skip]))
+            h = decoder([up(h), skip])  # the first IcoConv takes the halves apart: no concatenation
         return self.head(h).to_vertices().squeeze(2)

@@ -9,6 +9,7 @@ with a precomputed 0/1 matrix, and the whole layer is one conv2d over the gauge-
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -102,28 +103,46 @@ class IcoConv(nn.Module):
         kernel = dense.reshape(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
         return kernel, corner.reshape(o, -1)
 
-    def _corner_outputs(self, padded: Padded, corner_weight: torch.Tensor) -> torch.Tensor:
+    def _corner_outputs(self, padded: Sequence[Padded], corner_weight: Sequence[torch.Tensor]) -> torch.Tensor:
         """[B, C_out, NUM_CORNERS]: output orientation 0's taps summed over the 6 directions, each applied
-        to the mean of the corner's neighbours after rotating them to be relative to the corner."""
-        features = torch.cat([padded.corner_own[:, :, None], padded.corner_neighbours.mean(-1)], dim=2)
-        out = corner_weight @ features.flatten(1, 2)
+        to the mean of the corner's neighbours after rotating them to be relative to the corner; the
+        rule is linear in the input, so a split input adds up its parts' products."""
+        out = None
+        for part, weight in zip(padded, corner_weight, strict=True):
+            features = torch.cat([part.corner_own[:, :, None], part.corner_neighbours.mean(-1)], dim=2)
+            product = weight @ features.flatten(1, 2)
+            out = product if out is None else out + product
         if self.bias is not None:
             out = out + self.bias[:, None]
         return out
 
-    def forward(self, x: IcoSignal | torch.Tensor) -> IcoSignal | torch.Tensor:
+    def forward(self, x: IcoSignal | torch.Tensor | Sequence[IcoSignal]) -> IcoSignal | torch.Tensor:
+        """`x` may be a sequence of signals: the layer applied to their channel concatenation, without
+        building it (U-Net skips). The layer is linear in its input, so each part gets its slice of the
+        kernel (by input channel) and its own padded buffer (the one a fused norm wrote, if any), and
+        the parts' convolutions add up into one output."""
         plain = isinstance(x, torch.Tensor)
-        signal = with_estimated_poles(x, self.pole_neighbours) if plain else x
-        if signal.orientations != self.in_orientations or signal.charts.shape[1] != self.in_channels:
+        if plain:
+            parts = [with_estimated_poles(x, self.pole_neighbours)]
+        else:  # an IcoSignal is a tuple too
+            parts = [x] if isinstance(x, IcoSignal) else list(x)
+        shapes = [tuple(s.charts.shape) for s in parts]
+        if (any(s.orientations != self.in_orientations for s in parts)
+                or sum(s.charts.shape[1] for s in parts) != self.in_channels):
             raise ValueError(f"{self.__class__.__name__}({self.extra_repr()}) got charts of shape "
-                             f"{tuple(signal.charts.shape)}")
-        padded = self.pad(signal)
-        b = padded.buf.shape[0]
+                             f"{shapes[0] if len(shapes) == 1 else shapes}")
+        padded = [self.pad(s) for s in parts]
+        b = padded[0].buf.shape[0]
         kernel, corner_weight = self._kernels()
+        channels = [s.charts.shape[1] for s in parts]
+        kernels = kernel.split([c * self.in_orientations for c in channels], dim=1)
+        corner_weights = corner_weight.split([c * (1 + self.in_orientations) for c in channels], dim=1)
         bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
-        y = F.conv2d(planes(padded.buf), kernel, bias, stride=self.stride)
+        y = F.conv2d(planes(padded[0].buf), kernels[0], bias, stride=self.stride)
+        for part, part_kernel in zip(padded[1:], kernels[1:], strict=True):
+            y += F.conv2d(planes(part.buf), part_kernel, stride=self.stride)
 
-        corners = self._corner_outputs(padded, corner_weight).to(y.dtype)
+        corners = self._corner_outputs(padded, corner_weights).to(y.dtype)
         rows = self.out_channels * self.out_orientations
         wanted = corners[:, :, None, :CHART_CORNERS].expand(b, -1, self.out_orientations, -1).reshape(b, rows, -1)
         chart, h, w = self.out_corners.unbind(1)
@@ -137,8 +156,12 @@ class IcoConv(nn.Module):
             # Adding (wanted - conv output) instead of overwriting keeps backward free: the
             # gradient of an accumulate is the identity, an overwrite would clone it.
             # A matmul with a view of the kernel, so autograd saves the storage conv2d saves anyway.
-            patches = padded.patches.flatten(1, 2).transpose(1, 2).flatten(2)  # [B, corners, C·R·9]
-            raw = (patches @ kernel.flatten(1).t()).transpose(1, 2)
+            raw = None
+            for part, part_kernel in zip(padded, kernels, strict=True):
+                patches = part.patches.flatten(1, 2).transpose(1, 2).flatten(2)  # [B, corners, C·R·9]
+                product = patches @ part_kernel.flatten(1).t()
+                raw = product if raw is None else raw + product
+            raw = raw.transpose(1, 2)
             if bias is not None:
                 raw = raw + bias[:, None]
             y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
