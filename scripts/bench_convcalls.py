@@ -4,7 +4,8 @@ Used by `bench_model.py --convs`.
 A `TorchDispatchMode` times each `aten.convolution` (forward) and `aten.convolution_backward` call of a
 step with the benchmark's clock and records what the call got: weight shape, input size and memory
 format, padding, which gradients it computes. The planar networks mirror the icosahedral ones layer
-by layer, so the steps make the same calls in the same order and are matched by position; the steps
+by layer, so the steps make the same calls in the same order and are matched by position (a layer whose
+input comes in parts makes one call per part, summed into one row: `merge_split_calls`); the steps
 run interleaved and each call's median over the repeats is printed.
 
 `MAC x` is the arithmetic of the two calls: the multiply-adds a convolution library does when it
@@ -108,6 +109,30 @@ def record(step: Callable[[], None], clock: Callable[[], float]) -> list[ConvCal
     return recorder.calls
 
 
+def merge_split_calls(calls: list[ConvCall], reference: list[ConvCall]) -> list[ConvCall]:
+    """`calls` with each run of consecutive calls that together make one of `reference`'s calls merged
+    into one: a layer whose input comes in parts (the U-Net decoder's [upsampled, skip], see
+    `IcoConv`) makes one call per part where its planar twin convolves the concatenation."""
+    merged, i = [], 0
+    for want in reference:
+        call = calls[i] if i < len(calls) else None
+        j = i + 1
+        while call is not None and call.key() != want.key() and j < len(calls):
+            part = calls[j]
+            if (part.kind, part.weight[0], part.weight[2:], part.grads) != (call.kind, call.weight[0], call.weight[2:],
+                                                                            call.grads):
+                break
+            call = ConvCall(call.kind, (call.weight[0], call.weight[1] + part.weight[1], *call.weight[2:]),
+                            call.input, call.input_format, call.grad_format, call.padding, call.grads,
+                            call.macs + part.macs, call.seconds + part.seconds)
+            j += 1
+        if call is None or call.key() != want.key():
+            return calls  # no split explains the difference: compare reports it
+        merged.append(call)
+        i = j
+    return merged + calls[i:]
+
+
 def compare(steps: Sequence[Callable[[], None]], repeats: int, clock: Callable[[], float]
             ) -> list[tuple[list[ConvCall], list[float]]]:
     """(the call in every step, its median seconds in every step) for each convolution call; the steps
@@ -118,6 +143,7 @@ def compare(steps: Sequence[Callable[[], None]], repeats: int, clock: Callable[[
     for _ in range(repeats):
         for step, calls in zip(steps, runs, strict=True):
             calls.append(record(step, clock))
+    runs[0] = [merge_split_calls(calls, runs[1][0]) for calls in runs[0]] if len(runs) > 1 else runs[0]
     first = [calls[0] for calls in runs]
     for calls in first[1:]:
         if [c.key() for c in calls] != [c.key() for c in first[0]]:
