@@ -81,8 +81,20 @@ def _windows(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.
     return padded[..., 1:h + 1, 1:w + 1], padded[..., :h, :w]
 
 
-def _window_max(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ops.aten.max_pool2d_with_indices(view, [2, 2], [2, 2])
+_KERNEL, _STRIDE = [2, 2], [2, 2]
+
+
+def _hex_pools(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """The two window maxima of `_windows` and their argmax, as indices into the padded planes.
+
+    Both pools run on the whole contiguous buffer (pooling a strided view copies it first): windows
+    at odd offsets are those of a pool with one cell of (-inf) padding, without its first and last
+    output rows and columns; windows at even offsets are a plain pool's, without its last ones."""
+    ahead, ahead_index = torch.ops.aten.max_pool2d_with_indices(padded, _KERNEL, _STRIDE, [1, 1])
+    behind, behind_index = torch.ops.aten.max_pool2d_with_indices(padded, _KERNEL, _STRIDE)
+    inner_ahead = (..., slice(1, h // 2 + 1), slice(1, w // 2 + 1))
+    inner_behind = (..., slice(0, h // 2), slice(0, w // 2))
+    return ahead[inner_ahead], ahead_index[inner_ahead], behind[inner_behind], behind_index[inner_behind]
 
 
 class _HexMaxPool(torch.autograd.Function):
@@ -90,30 +102,34 @@ class _HexMaxPool(torch.autograd.Function):
 
     Autograd through the native ops would save two int64 index tensors and both window maxima (1.5x the
     bytes of the input); the input is the padded buffer that the layer before saves anyway, so saving
-    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient (ties
-    between the windows split it in half, as `torch.maximum`'s backward does)."""
+    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient: each
+    window's first maximum in row-major order gets it, and ties between the windows split it in half,
+    as `torch.maximum`'s backward does (bit for bit for finite inputs and gradients)."""
 
     @staticmethod
     def forward(ctx, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
         ctx.save_for_backward(padded)
         ctx.h, ctx.w = h, w
-        ahead, behind = _windows(padded, h, w)
-        return torch.maximum(_window_max(ahead)[0], _window_max(behind)[0])
+        ahead, _, behind, _ = _hex_pools(padded, h, w)
+        return torch.maximum(ahead, behind)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (padded,) = ctx.saved_tensors
-        views = _windows(padded, ctx.h, ctx.w)
-        (a, a_index), (b, b_index) = (_window_max(view) for view in views)
-        split = torch.where(a == b, grad / 2, grad)
-        g_views = (split.masked_fill(a < b, 0), split.masked_fill_(a > b, 0))
-        g_padded = torch.zeros_like(padded)
-        for g_view, view, index, into in zip(g_views, views, (a_index, b_index), _windows(g_padded, ctx.h, ctx.w),
-                                             strict=True):
-            into.add_(torch.ops.aten.max_pool2d_with_indices_backward(g_view, view, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                      False, index))
-        return g_padded, None, None
+        ahead, ahead_index, behind, behind_index = _hex_pools(padded, ctx.h, ctx.w)
+        # 1/2, 0 or -1/2: the ahead window takes grad * (1/2 + half) (all, half or none of it), the
+        # behind window the rest; products with 1, 1/2 and 0 are exact.
+        half = torch.sign(ahead - behind).mul_(0.5)
+        layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
+        index = torch.cat([ahead_index, behind_index], -1).contiguous(memory_format=layout)
+        # One native scatter-add of both windows' gradients into zeroed planes of the padded shape: the
+        # kernel adds grad[o] at index[o] for every output o, plane by plane. Kernel 3 with strides
+        # (2, 1) is only there to make (H+2, W+2) planes give the (h/2, w) shape of `both`.
+        return torch.ops.aten.max_pool2d_with_indices_backward(both, padded, [3, 3], [2, 1], [0, 0], [1, 1],
+                                                               False, index), None, None
 
 
 class IcoUpsample(nn.Module):
