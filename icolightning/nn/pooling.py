@@ -123,11 +123,13 @@ class _HexMaxPool(torch.autograd.Function):
         half = torch.sign(ahead - behind).mul_(0.5)
         layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) \
             else torch.contiguous_format
-        both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
         index = torch.cat([ahead_index, behind_index], -1).contiguous(memory_format=layout)
+        del ahead, ahead_index, behind, behind_index  # the pool outputs go before the gradient is allocated
+        both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
+        del half
         # One native scatter-add of both windows' gradients into zeroed planes of the padded shape: the
-        # kernel adds grad[o] at index[o] for every output o, plane by plane. Kernel 3 with strides
-        # (2, 1) is only there to make (H+2, W+2) planes give the (h/2, w) shape of `both`.
+        # kernel adds both[o] at index[o] for every output o, plane by plane (so no two threads add into
+        # one plane). Kernel 3 with strides (2, 1) only makes (H+2, W+2) planes give the (h/2, w) shape.
         return torch.ops.aten.max_pool2d_with_indices_backward(both, padded, [3, 3], [2, 1], [0, 0], [1, 1],
                                                                False, index), None, None
 
