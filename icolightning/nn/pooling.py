@@ -148,16 +148,65 @@ class IcoUpsample(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         buf = memory(self.pad(x).buf)  # [B, 5, H+2, W+2, C, R]
-        h, w = x.charts.shape[-2:]
-        here = buf[:, :, 1:h + 1, 1:w + 1]
-        along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
-        along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
-        diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
-        even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
-        odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
-        fine = torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)  # [B, 5, 2H, 2W, C, R], the layout
+        # Inductor sees native ops and fuses them; eager runs the stencil with its own backward
+        fine = _interpolate_native(buf) if torch.compiler.is_compiling() else _Interpolate.apply(buf)
+        fine = charts_view(fine)  # the layout: [B, 5, 2H, 2W, C, R] in memory
         poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
-        return IcoSignal(charts_view(fine), poles)
+        return IcoSignal(fine, poles)
+
+
+def _interpolate_native(buf: torch.Tensor) -> torch.Tensor:
+    """`_Interpolate` from native ops (autograd gives the same gradient up to the order of its sums)."""
+    h, w = buf.shape[2] - 2, buf.shape[3] - 2
+    here = buf[:, :, 1:h + 1, 1:w + 1]
+    along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
+    along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
+    diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
+    even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
+    odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
+    return torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)
+
+
+def _parities(fine: torch.Tensor) -> torch.Tensor:
+    """[B, 5, H, 2, W, 2, C, R] view of a [B, 5, 2H, 2W, C, R] tensor: row and column parity split off."""
+    b, n, h2, w2, c, r = fine.shape
+    return fine.view(b, n, h2 // 2, 2, w2 // 2, 2, c, r)
+
+
+class _Interpolate(torch.autograd.Function):
+    """[B, 5, H+2, W+2, C, R] padded charts -> [B, 5, 2H, 2W, C, R]: even rows and columns keep the
+    vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
+
+    Forward writes the four parity classes straight into the output; backward adds the fixed stencil's
+    gradient into one zeroed padded buffer (autograd through slices, `stack` and `div` zero-filled and
+    summed a padded-size gradient per slice)."""
+
+    @staticmethod
+    def forward(ctx, buf: torch.Tensor) -> torch.Tensor:
+        b, n, hp, wp, c, r = buf.shape
+        h, w = hp - 2, wp - 2
+        ctx.shape = buf.shape
+        here = buf[:, :, 1:h + 1, 1:w + 1]
+        fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
+        out = _parities(fine)
+        out[:, :, :, 0, :, 0] = here
+        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+            torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=out[:, :, :, row, :, col]).div_(2)
+        return fine
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        h, w = ctx.shape[2] - 2, ctx.shape[3] - 2
+        g = _parities(grad.contiguous())
+        g_buf = grad.new_zeros(ctx.shape)
+        here = g_buf[:, :, 1:h + 1, 1:w + 1]
+        here.copy_(g[:, :, :, 0, :, 0])
+        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+            half = g[:, :, :, row, :, col] / 2
+            here.add_(half)
+            g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
+        return g_buf
 
 
 class OrientationPool(nn.Module):
