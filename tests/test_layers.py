@@ -167,11 +167,13 @@ def test_upsampling_is_equivariant(orientations):
     assert max_equivariance_error(signal_fn(up), 1, 2, _input(1, 3, orientations)) < TOL
 
 
-def test_upsampling_stencil_matches_the_native_composition():
+@pytest.mark.parametrize("strided", [False, True])
+def test_upsampling_stencil_matches_the_native_composition(strided):
     """The stencil's own backward against autograd through slices, `stack` and `div`: the forward bit for
-    bit, the gradient up to the order of its four-term sums (every padded cell, the border included)."""
+    bit, the gradient up to the order of its four-term sums (every padded cell, the border included),
+    also for an incoming gradient that is a channel slice (as the skip concatenation's backward gives)."""
     buf = torch.randn(2, 5, 6, 10, 3, 6, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, 5, 8, 16, 3, 6, dtype=torch.float64)
+    grad = torch.randn(2, 5, 8, 16, 5 if strided else 3, 6, dtype=torch.float64)[..., 1:4, :]
     ours, native = _Interpolate.apply(buf), _interpolate_native(buf)
     assert torch.equal(ours, native)
     (g_ours,), (g_native,) = (torch.autograd.grad(y, buf, grad) for y in (ours, native))

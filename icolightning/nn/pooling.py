@@ -167,12 +167,6 @@ def _interpolate_native(buf: torch.Tensor) -> torch.Tensor:
     return torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)
 
 
-def _parities(fine: torch.Tensor) -> torch.Tensor:
-    """[B, 5, H, 2, W, 2, C, R] view of a [B, 5, 2H, 2W, C, R] tensor: row and column parity split off."""
-    b, n, h2, w2, c, r = fine.shape
-    return fine.view(b, n, h2 // 2, 2, w2 // 2, 2, c, r)
-
-
 class _Interpolate(torch.autograd.Function):
     """[B, 5, H+2, W+2, C, R] padded charts -> [B, 5, 2H, 2W, C, R]: even rows and columns keep the
     vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
@@ -188,22 +182,20 @@ class _Interpolate(torch.autograd.Function):
         ctx.shape = buf.shape
         here = buf[:, :, 1:h + 1, 1:w + 1]
         fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
-        out = _parities(fine)
-        out[:, :, :, 0, :, 0] = here
+        fine[:, :, ::2, ::2] = here
         for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
-            torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=out[:, :, :, row, :, col]).div_(2)
+            torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
         return fine
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         h, w = ctx.shape[2] - 2, ctx.shape[3] - 2
-        g = _parities(grad.contiguous())
         g_buf = grad.new_zeros(ctx.shape)
         here = g_buf[:, :, 1:h + 1, 1:w + 1]
-        here.copy_(g[:, :, :, 0, :, 0])
+        here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view (the skip concatenation's)
         for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
-            half = g[:, :, :, row, :, col] / 2
+            half = grad[:, :, row::2, col::2] / 2
             here.add_(half)
             g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
         return g_buf
