@@ -173,7 +173,8 @@ def test_upsampling_stencil_matches_the_native_composition(strided):
     bit, the gradient up to the order of its four-term sums (every padded cell, the border included),
     also for an incoming gradient that is a channel slice (as the skip concatenation's backward gives)."""
     buf = torch.randn(2, 5, 6, 10, 3, 6, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, 5, 8, 16, 5 if strided else 3, 6, dtype=torch.float64)[..., 1:4, :]
+    grad = torch.randn(2, 5, 8, 16, 5, 6, dtype=torch.float64)[..., 1:4, :]
+    grad = grad if strided else grad.contiguous()
     ours, native = _Interpolate.apply(buf), _interpolate_native(buf)
     assert torch.equal(ours, native)
     (g_ours,), (g_native,) = (torch.autograd.grad(y, buf, grad) for y in (ours, native))
