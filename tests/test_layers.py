@@ -10,7 +10,7 @@ from icolightning.grid import HEX_OFFSETS, IcoGrid
 from icolightning.nn import IcoConv, IcoSignal
 from icolightning.nn.equivariance import corner_invariant, max_equivariance_error, rotate, signal_fn
 from icolightning.nn.norm import IcoBatchNorm, IcoDropout, IcoLayerNorm, IcoPointwise
-from icolightning.nn.pooling import HexPool, IcoUpsample, OrientationPool
+from icolightning.nn.pooling import HexPool, IcoUpsample, OrientationPool, _Interpolate, _interpolate_native
 
 TOL = 1e-10
 REPS = [("scalar", "regular"), ("regular", "regular"), ("regular", "scalar"), ("scalar", "scalar")]
@@ -165,6 +165,21 @@ def test_hex_pool_reduces_each_coarse_vertex_and_its_six_fine_neighbours(mode):
 def test_upsampling_is_equivariant(orientations):
     up = IcoUpsample(1)
     assert max_equivariance_error(signal_fn(up), 1, 2, _input(1, 3, orientations)) < TOL
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_upsampling_stencil_matches_the_native_composition(strided):
+    """The stencil's own backward against autograd through slices, `stack` and `div`: the forward bit for
+    bit, the gradient up to the order of its four-term sums (every padded cell, the border included),
+    also for an incoming gradient that is a channel slice (as the skip concatenation's backward gives)."""
+    buf = torch.randn(2, 5, 6, 10, 3, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 5, 8, 16, 5, 6, dtype=torch.float64)[..., 1:4, :]
+    grad = grad if strided else grad.contiguous()
+    ours, native = _Interpolate.apply(buf), _interpolate_native(buf)
+    assert torch.equal(ours, native)
+    (g_ours,), (g_native,) = (torch.autograd.grad(y, buf, grad) for y in (ours, native))
+    torch.testing.assert_close(g_ours, g_native, rtol=1e-14, atol=1e-14)
+    assert g_ours.is_contiguous()
 
 
 def test_upsampling_keeps_old_vertices_and_averages_edges():

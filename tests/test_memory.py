@@ -28,26 +28,32 @@ def saved_storages(step: Callable[[], None]) -> dict[int, tuple[int, torch.dtype
     return storages
 
 
-def _padded_planes(dtype: torch.dtype, h: int = 8) -> torch.Tensor:
+def _padded_planes(dtype: torch.dtype, h: int = 8, layout: torch.memory_format = torch.channels_last) -> torch.Tensor:
     """Rectified, rounded values: many ties inside and between the two 2x2 windows."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(10, 12, h + 2, 2 * h + 2, generator=gen, dtype=dtype).mul(2).round().relu()
-    return x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    return x.contiguous(memory_format=layout).requires_grad_()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_hex_max_pool_gives_the_native_gradient_bit_for_bit_ties_included(dtype):
-    x = _padded_planes(dtype)
-    grad = torch.randn(10, 12, 4, 8, dtype=dtype)
-    y = _hex_windows(x, 8, 16, "max")
-    ahead, behind = _windows(x, 8, 16)
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize(("dtype", "h"), [(torch.float64, 8), (torch.float32, 8), (torch.float32, 2)])
+def test_hex_max_pool_gives_the_native_gradient_bit_for_bit_ties_included(dtype, h, layout):
+    """Backward scatters both windows' gradients by indices into the padded planes: each window's first
+    maximum gets it, a tie between the windows halves it (h = 2: level 1, one output row)."""
+    x = _padded_planes(dtype, h, layout)
+    grad = torch.randn(10, 12, h // 2, h, dtype=dtype)
+    y = _hex_windows(x, h, 2 * h, "max")
+    ahead, behind = _windows(x, h, 2 * h)
     native = torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
     assert torch.equal(y, native)
-    assert (ahead.unfold(2, 2, 2).unfold(3, 2, 2).amax((-2, -1)) == behind[..., ::2, ::2]).any()  # ties exist
+    ahead_cells = ahead.unfold(2, 2, 2).unfold(3, 2, 2)
+    ahead_max = ahead_cells.amax((-2, -1))
+    assert (ahead_max == behind[..., ::2, ::2]).any()  # ties between the windows off the shared centre
+    assert ((ahead_cells == ahead_max[..., None, None]).sum((-2, -1)) > 1).any()  # and inside a window
     (g_x,) = torch.autograd.grad(y, x, grad)
     (g_native,) = torch.autograd.grad(native, x, grad)
     assert torch.equal(g_x, g_native)
-    assert g_x.is_contiguous(memory_format=torch.channels_last)
+    assert g_x.is_contiguous(memory_format=layout)
 
 
 def test_hex_max_pool_keeps_only_its_input():

@@ -81,8 +81,20 @@ def _windows(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.
     return padded[..., 1:h + 1, 1:w + 1], padded[..., :h, :w]
 
 
-def _window_max(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ops.aten.max_pool2d_with_indices(view, [2, 2], [2, 2])
+_KERNEL, _STRIDE = [2, 2], [2, 2]
+
+
+def _hex_pools(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """The two window maxima of `_windows` and their argmax, as indices into the padded planes.
+
+    Both pools run on the whole contiguous buffer (pooling a strided view copies it first): windows
+    at odd offsets are those of a pool with one cell of (-inf) padding, without its first and last
+    output rows and columns; windows at even offsets are a plain pool's, without its last ones."""
+    ahead, ahead_index = torch.ops.aten.max_pool2d_with_indices(padded, _KERNEL, _STRIDE, [1, 1])
+    behind, behind_index = torch.ops.aten.max_pool2d_with_indices(padded, _KERNEL, _STRIDE)
+    inner_ahead = (..., slice(1, h // 2 + 1), slice(1, w // 2 + 1))
+    inner_behind = (..., slice(0, h // 2), slice(0, w // 2))
+    return ahead[inner_ahead], ahead_index[inner_ahead], behind[inner_behind], behind_index[inner_behind]
 
 
 class _HexMaxPool(torch.autograd.Function):
@@ -90,30 +102,36 @@ class _HexMaxPool(torch.autograd.Function):
 
     Autograd through the native ops would save two int64 index tensors and both window maxima (1.5x the
     bytes of the input); the input is the padded buffer that the layer before saves anyway, so saving
-    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient (ties
-    between the windows split it in half, as `torch.maximum`'s backward does)."""
+    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient: each
+    window's first maximum in row-major order gets it, and ties between the windows split it in half,
+    as `torch.maximum`'s backward does (bit for bit for finite inputs and gradients)."""
 
     @staticmethod
     def forward(ctx, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
         ctx.save_for_backward(padded)
         ctx.h, ctx.w = h, w
-        ahead, behind = _windows(padded, h, w)
-        return torch.maximum(_window_max(ahead)[0], _window_max(behind)[0])
+        ahead, _, behind, _ = _hex_pools(padded, h, w)
+        return torch.maximum(ahead, behind)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (padded,) = ctx.saved_tensors
-        views = _windows(padded, ctx.h, ctx.w)
-        (a, a_index), (b, b_index) = (_window_max(view) for view in views)
-        split = torch.where(a == b, grad / 2, grad)
-        g_views = (split.masked_fill(a < b, 0), split.masked_fill_(a > b, 0))
-        g_padded = torch.zeros_like(padded)
-        for g_view, view, index, into in zip(g_views, views, (a_index, b_index), _windows(g_padded, ctx.h, ctx.w),
-                                             strict=True):
-            into.add_(torch.ops.aten.max_pool2d_with_indices_backward(g_view, view, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                      False, index))
-        return g_padded, None, None
+        ahead, ahead_index, behind, behind_index = _hex_pools(padded, ctx.h, ctx.w)
+        # 1/2, 0 or -1/2: the ahead window takes grad * (1/2 + half) (all, half or none of it), the
+        # behind window the rest; products with 1, 1/2 and 0 are exact.
+        half = torch.sign(ahead - behind).mul_(0.5)
+        layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        index = torch.cat([ahead_index, behind_index], -1).contiguous(memory_format=layout)
+        del ahead, ahead_index, behind, behind_index  # the pool outputs go before the gradient is allocated
+        both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
+        del half
+        # One native scatter-add of both windows' gradients into zeroed planes of the padded shape: the
+        # kernel adds both[o] at index[o] for every output o, plane by plane (so no two threads add into
+        # one plane). Kernel 3 with strides (2, 1) only makes (H+2, W+2) planes give the (h/2, w) shape.
+        return torch.ops.aten.max_pool2d_with_indices_backward(both, padded, [3, 3], [2, 1], [0, 0], [1, 1],
+                                                               False, index), None, None
 
 
 class IcoUpsample(nn.Module):
@@ -130,16 +148,57 @@ class IcoUpsample(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         buf = memory(self.pad(x).buf)  # [B, 5, H+2, W+2, C, R]
-        h, w = x.charts.shape[-2:]
-        here = buf[:, :, 1:h + 1, 1:w + 1]
-        along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
-        along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
-        diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
-        even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
-        odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
-        fine = torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)  # [B, 5, 2H, 2W, C, R], the layout
+        # Inductor sees native ops and fuses them; eager runs the stencil with its own backward
+        fine = _interpolate_native(buf) if torch.compiler.is_compiling() else _Interpolate.apply(buf)
+        fine = charts_view(fine)  # the layout: [B, 5, 2H, 2W, C, R] in memory
         poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
-        return IcoSignal(charts_view(fine), poles)
+        return IcoSignal(fine, poles)
+
+
+def _interpolate_native(buf: torch.Tensor) -> torch.Tensor:
+    """`_Interpolate` from native ops (autograd gives the same gradient up to the order of its sums)."""
+    h, w = buf.shape[2] - 2, buf.shape[3] - 2
+    here = buf[:, :, 1:h + 1, 1:w + 1]
+    along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
+    along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
+    diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
+    even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
+    odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
+    return torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)
+
+
+class _Interpolate(torch.autograd.Function):
+    """[B, 5, H+2, W+2, C, R] padded charts -> [B, 5, 2H, 2W, C, R]: even rows and columns keep the
+    vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
+
+    Forward writes the four parity classes straight into the output; backward adds the fixed stencil's
+    gradient into one zeroed padded buffer (autograd through slices, `stack` and `div` zero-filled and
+    summed a padded-size gradient per slice)."""
+
+    @staticmethod
+    def forward(ctx, buf: torch.Tensor) -> torch.Tensor:
+        b, n, hp, wp, c, r = buf.shape
+        h, w = hp - 2, wp - 2
+        ctx.shape = buf.shape
+        here = buf[:, :, 1:h + 1, 1:w + 1]
+        fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
+        fine[:, :, ::2, ::2] = here
+        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+            torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
+        return fine
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        h, w = ctx.shape[2] - 2, ctx.shape[3] - 2
+        g_buf = grad.new_zeros(ctx.shape)
+        here = g_buf[:, :, 1:h + 1, 1:w + 1]
+        here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view (the skip concatenation's)
+        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+            half = grad[:, :, row::2, col::2] / 2
+            here.add_(half)
+            g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
+        return g_buf
 
 
 class OrientationPool(nn.Module):
