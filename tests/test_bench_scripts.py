@@ -222,3 +222,25 @@ def test_convs_pairs_every_convolution_call_and_counts_the_taps_zero_padding_ski
     assert printed.count("\n") == 2 + 22 + 3 and "total backward" in printed
     with pytest.raises(ValueError, match="different convolution calls"):
         bench_convcalls.compare([steps[0], lambda: None], 1, time.perf_counter)
+
+
+def test_sources_charges_the_step_to_the_layers_that_issued_it():
+    """bench_sources.py: every icosahedral layer kind gets its own ops' time (so attribution by stack
+    frame and autograd node works), the planar twin's norm and pooling ops land in their rows, and
+    what no row claims stays small."""
+    script = SCRIPT.parent / "bench_sources.py"
+    done = subprocess.run([sys.executable, str(script), "--level", "2", "--batch", "2"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[1].replace(".", "").isdigit():
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    for source in ("batch norm + ReLU, forward", "batch norm + ReLU, backward", "gauge padding, forward",
+                   "gauge padding, backward", "kernel expansion + corner rule", "hex max pool + upsampling"):
+        assert rows[source][0] > 0, (source, done.stdout)
+    for source in ("batch norm + ReLU, forward", "batch norm + ReLU, backward", "hex max pool + upsampling"):
+        assert rows[source][1] > 0, (source, done.stdout)
+    attributed = sum(ico for name, (ico, _) in rows.items() if name != "the rest")
+    assert rows["the rest"][0] < 0.5 * attributed, done.stdout
