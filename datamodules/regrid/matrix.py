@@ -113,8 +113,9 @@ class RegridMatrix:
             csr, sparse = self._csr(flat.dtype.type), None
         if sparse is not None:
             import torch
-        if sparse is not None and not (flat.flags.c_contiguous and flat.flags.writeable):
-            flat = np.array(flat, order="C")  # torch.from_numpy wants a writable, positively strided buffer
+
+            if not (flat.flags.c_contiguous and flat.flags.writeable):
+                flat = np.array(flat, order="C")  # torch.from_numpy wants a writable, positively strided buffer
         out = np.empty((flat.shape[0], self.num_targets), dtype=flat.dtype)
         with _one_torch_thread() if sparse is not None else contextlib.nullcontext():
             for row, values in zip(out, flat, strict=True):
