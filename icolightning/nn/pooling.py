@@ -167,6 +167,11 @@ def _interpolate_native(buf: torch.Tensor) -> torch.Tensor:
     return torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)
 
 
+_STENCIL = (((0, 1), (1, 2)), ((1, 0), (2, 1)), ((1, 1), (2, 2)))
+"""(parity class of the fine charts, offset of the neighbour averaged with the vertex in the padded
+buffer): along w, along h, and the diagonal."""
+
+
 class _Interpolate(torch.autograd.Function):
     """[B, 5, H+2, W+2, C, R] padded charts -> [B, 5, 2H, 2W, C, R]: even rows and columns keep the
     vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
@@ -183,7 +188,7 @@ class _Interpolate(torch.autograd.Function):
         here = buf[:, :, 1:h + 1, 1:w + 1]
         fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
         fine[:, :, ::2, ::2] = here
-        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+        for (row, col), (dh, dw) in _STENCIL:
             torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
         return fine
 
@@ -193,8 +198,8 @@ class _Interpolate(torch.autograd.Function):
         h, w = ctx.shape[2] - 2, ctx.shape[3] - 2
         g_buf = grad.new_zeros(ctx.shape)
         here = g_buf[:, :, 1:h + 1, 1:w + 1]
-        here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view (the skip concatenation's)
-        for (row, col), (dh, dw) in zip(((0, 1), (1, 0), (1, 1)), ((1, 2), (2, 1), (2, 2)), strict=True):
+        here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view: read through slices, not copied
+        for (row, col), (dh, dw) in _STENCIL:
             half = grad[:, :, row::2, col::2] / 2
             here.add_(half)
             g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
