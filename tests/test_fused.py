@@ -10,7 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from icolightning.grid import IcoGrid
-from icolightning.nn import GaugePad, IcoConv, IcoSignal
+from icolightning.nn import GaugePad, IcoConv, IcoSignal, fused
+from icolightning.nn.batch_stats import local_statistics
 from icolightning.nn.equivariance import max_equivariance_error, signal_fn
 from icolightning.nn.layout import memory
 from icolightning.nn.norm import IcoBatchNorm
@@ -102,20 +103,37 @@ _VIEWS = {"view", "_unsafe_view", "permute", "slice", "expand", "select", "unsqu
           "as_strided", "index", "index_put_", "detach"}
 
 
+_OPENED = {op._qualname: op for op in (fused.norm_relu_pad_op, fused.norm_relu_pad_backward, local_statistics)}
+"""The norms' custom operators, whose insides are recorded op by op."""
+
+
+def _aliases(out, args, name: str) -> bool:
+    """Whether an out-of-place op returned (a view of) its first input: inside an opened operator composite
+    ops (reshape, flatten, a same-dtype `to`) arrive undecomposed, and that is how their no-copy cases look."""
+    return (not name.endswith("_") and isinstance(out, torch.Tensor) and bool(args)
+            and isinstance(args[0], torch.Tensor)
+            and out.untyped_storage().data_ptr() == args[0].untyped_storage().data_ptr())
+
+
 class _FullSizeOps(TorchDispatchMode):
     """Records every op that computes on a tensor with `numel` elements (a chart tensor's size): its name
-    and the shapes of its floating-point operands; views and corner indexing are not computation."""
+    and the shapes of its floating-point operands; views and corner indexing are not computation. The
+    fused norm's operators are run through their Python bodies under the mode, so their ops are recorded."""
 
     def __init__(self, numel: int) -> None:
         super().__init__()
         self.numel, self.calls = numel, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        opened = _OPENED.get(func._schema.name)
+        if opened is not None:
+            with self:
+                return opened._init_fn(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         name = func._schema.name.split("::")[-1]
         shapes = [tuple(t.shape) for t in tree_leaves((args, kwargs, out))
                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if name not in _VIEWS and any(math.prod(s) == self.numel for s in shapes):
+        if name not in _VIEWS and not _aliases(out, args, name) and any(math.prod(s) == self.numel for s in shapes):
             self.calls.append((name, shapes))
         return out
 

@@ -197,7 +197,10 @@ def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors()
     "Where the gap is")."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from icolightning.nn.conv import ico_conv, ico_conv_backward
+
     aten = torch.ops.aten
+    opened_ops = {op._qualname: op for op in (ico_conv, ico_conv_backward)}
 
     class Convolutions(TorchDispatchMode):
         def __init__(self):
@@ -205,8 +208,13 @@ def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors()
             self.calls = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is aten.convolution.default:
-                x, padding = args[0], args[4]
+            opened = opened_ops.get(func._schema.name)
+            if opened is not None:  # the layer's custom operators: record the conv calls inside them
+                with self:
+                    return opened._init_fn(*args, **(kwargs or {}))
+            if func in (aten.convolution.default, aten.conv2d.default):  # conv2d: inside an opened operator
+                x = args[0]
+                padding = args[4] if len(args) > 4 else (kwargs or {}).get("padding", (0, 0))
                 self.calls.append(("forward", x.is_contiguous(memory_format=torch.channels_last), None, padding,
                                    None))
             elif func is aten.convolution_backward.default:

@@ -31,7 +31,31 @@ def channel_sums(charts: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
 def batch_statistics(charts: torch.Tensor, poles: torch.Tensor, syncing: bool, group: object | None
                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel mean and (biased) variance of memory-order charts [..., C, R] and poles [B, C, R, 2]
-    together, in float32 or wider, summed over the ranks of `group` when `syncing`; and the count."""
+    together, in float32 or wider, summed over the ranks of `group` when `syncing`; and the count.
+    Not differentiable (the norms' backward is closed-form). Unsynced, it is one custom operator,
+    opaque to torch.compile (its few reductions traced cost more to compile than they save)."""
+    if syncing:
+        return _statistics(charts, poles, syncing, group)
+    c = charts.shape[-2]
+    return (*local_statistics(charts, poles), charts.numel() // c + poles.numel() // c)
+
+
+@torch.library.custom_op("icolightning::batch_statistics", mutates_args=())
+def local_statistics(charts: torch.Tensor, poles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_statistics` on this process's values only: mean and variance."""
+    mean, var, _ = _statistics(charts, poles, False, None)
+    return mean, var
+
+
+@local_statistics.register_fake
+def _(charts, poles):
+    acc = torch.promote_types(charts.dtype, torch.float32)
+    c = charts.shape[-2]
+    return charts.new_empty(c, dtype=acc), charts.new_empty(c, dtype=acc)
+
+
+def _statistics(charts: torch.Tensor, poles: torch.Tensor, syncing: bool, group: object | None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
     acc = torch.promote_types(charts.dtype, torch.float32)
     c = charts.shape[-2]
     count = charts.numel() // c + poles.numel() // c

@@ -9,17 +9,17 @@ with a precomputed 0/1 matrix, and the whole layer is one conv2d over the gauge-
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, ORIENTATIONS, IcoGrid
-from icolightning.nn.layout import charts_view, planes
+from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, NUM_POLES, ORIENTATIONS, IcoGrid
+from icolightning.nn.layout import charts_view, empty_planes, planes
 from icolightning.nn.padding import GaugePad
-from icolightning.nn.signal import IcoSignal, Padded, rep_size
+from icolightning.nn.signal import IcoSignal, rep_size
 from icolightning.nn.tables import corner_table, kernel_expansion
 
 _CENTRE = 4
@@ -92,35 +92,14 @@ class IcoConv(nn.Module):
         return self._kernels()[0]
 
     def _kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dense conv2d kernel and the corner rule's [C_out, C_in·(1+R_in)] weights, from one
-        matmul of the 7-tap weights with the expansion: the corner rule needs no gathers, sums or
-        einsums of its own (fewer small kernels under torch.compile)."""
-        o, c, r_out = self.out_channels, self.in_channels, self.out_orientations
-        flat = self.weight.reshape(o * c, -1) @ self.expansion.to(self.weight.dtype)
-        if self._expansion_scale != 1:
-            flat = flat / self._expansion_scale
-        dense, corner = flat.split([self._dense_columns, flat.shape[1] - self._dense_columns], dim=1)
-        kernel = dense.reshape(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
-        return kernel, corner.reshape(o, -1)
-
-    def _corner_outputs(self, padded: Sequence[Padded], corner_weight: Sequence[torch.Tensor]) -> torch.Tensor:
-        """[B, C_out, NUM_CORNERS]: output orientation 0's taps summed over the 6 directions, each applied
-        to the mean of the corner's neighbours after rotating them to be relative to the corner; the
-        rule is linear in the input, so a split input adds up its parts' products."""
-        out = None
-        for part, weight in zip(padded, corner_weight, strict=True):
-            features = torch.cat([part.corner_own[:, :, None], part.corner_neighbours.mean(-1)], dim=2)
-            product = weight @ features.flatten(1, 2)
-            out = product if out is None else out + product
-        if self.bias is not None:
-            out = out + self.bias[:, None]
-        return out
+        return _kernels_of(self.weight, self.expansion, self.out_orientations, self._dense_columns,
+                           self._expansion_scale)
 
     def forward(self, x: IcoSignal | torch.Tensor | Sequence[IcoSignal]) -> IcoSignal | torch.Tensor:
         """`x` may be a sequence of signals: the layer applied to their channel concatenation, without
         building it (U-Net skips). The layer is linear in its input, so each part gets its slice of the
         kernel (by input channel) and its own padded buffer (the one a fused norm wrote, if any), and
-        the parts' convolutions add up into one output."""
+        the parts' convolutions add up into one output (see `ico_conv`)."""
         plain = isinstance(x, torch.Tensor)
         if plain:
             parts = [with_estimated_poles(x, self.pole_neighbours)]
@@ -133,42 +112,212 @@ class IcoConv(nn.Module):
                              f"{shapes[0] if len(shapes) == 1 else shapes}")
         padded = [self.pad(s) for s in parts]
         b = padded[0].buf.shape[0]
-        kernel, corner_weight = self._kernels()
-        channels = [s.charts.shape[1] for s in parts]
-        kernels = kernel.split([c * self.in_orientations for c in channels], dim=1)
-        corner_weights = corner_weight.split([c * (1 + self.in_orientations) for c in channels], dim=1)
-        bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
-        y = F.conv2d(planes(padded[0].buf), kernels[0], bias, stride=self.stride)
-        for part, part_kernel in zip(padded[1:], kernels[1:], strict=True):
-            y += F.conv2d(planes(part.buf), part_kernel, stride=self.stride)
-
-        corners = self._corner_outputs(padded, corner_weights).to(y.dtype)
-        rows = self.out_channels * self.out_orientations
-        wanted = corners[:, :, None, :CHART_CORNERS].expand(b, -1, self.out_orientations, -1).reshape(b, rows, -1)
-        chart, h, w = self.out_corners.unbind(1)
-        batch_chart = torch.arange(b, device=y.device)[:, None, None] * 5 + chart
-        index = (batch_chart, torch.arange(rows, device=y.device)[:, None], h, w)
-        if torch.compiler.is_compiling():
-            # Inductor miscompiles the accumulating form below (wrong corner values for scalar
-            # outputs, torch 2.13); a plain overwrite is correct there and its copy gets fused.
-            y = y.index_put(index, wanted)
-        else:
-            # Adding (wanted - conv output) instead of overwriting keeps backward free: the
-            # gradient of an accumulate is the identity, an overwrite would clone it.
-            # A matmul with a view of the kernel, so autograd saves the storage conv2d saves anyway.
-            raw = None
-            for part, part_kernel in zip(padded, kernels, strict=True):
-                patches = part.patches.flatten(1, 2).transpose(1, 2).flatten(2)  # [B, corners, C·R·9]
-                product = patches @ part_kernel.flatten(1).t()
-                raw = product if raw is None else raw + product
-            raw = raw.transpose(1, 2)
-            if bias is not None:
-                raw = raw + bias[:, None]
-            y.index_put_(index, (wanted - raw).to(y.dtype), accumulate=True)
-
+        cast = _autocast(padded[0].buf)
+        y, poles = ico_conv([cast(planes(p.buf)) for p in padded], [cast(p.patches) for p in padded],
+                            [cast(p.corner_own) for p in padded], [cast(p.corner_neighbours) for p in padded],
+                            cast(self.weight), None if self.bias is None else cast(self.bias), cast(self.expansion),
+                            self.out_corners, self.out_orientations, self._dense_columns, self._expansion_scale,
+                            self.stride)
         charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, NUM_CHARTS, *y.shape[-2:], self.out_channels, -1))
-        poles = corners[:, :, None, CHART_CORNERS:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
+
+
+def _autocast(like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The cast autocast would apply to a convolution's operands on `like`'s device (none when it is off):
+    the custom operator runs below autocast, so its inputs are cast before it, as conv2d's would be."""
+    device = like.device.type
+    if device == "meta" or not torch.is_autocast_enabled(device):
+        return lambda t: t
+    dtype = torch.get_autocast_dtype(device)
+    return lambda t: t.to(dtype)
+
+
+def _kernels_of(weight: torch.Tensor, expansion: torch.Tensor, out_orientations: int, dense_columns: int,
+                scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense conv2d kernel [C_out·R_out, C_in·R_in, 3, 3] and the corner rule's [C_out, C_in·(1+R_in)]
+    weights, from one matmul of the 7-tap weights with the expansion: the corner rule needs no gathers,
+    sums or einsums of its own."""
+    o, c = weight.shape[:2]
+    flat = weight.reshape(o * c, -1) @ expansion.to(weight.dtype)
+    if scale != 1:
+        flat = flat / scale
+    dense, corner = flat.split([dense_columns, flat.shape[1] - dense_columns], dim=1)
+    kernel = dense.reshape(o, c, out_orientations, -1).transpose(1, 2).reshape(o * out_orientations, -1, 3, 3)
+    return kernel, corner.reshape(o, -1)
+
+
+def _kernels_backward(g_kernel: torch.Tensor, g_corner: torch.Tensor, weight: torch.Tensor, expansion: torch.Tensor,
+                      out_orientations: int, scale: int) -> torch.Tensor:
+    """The weight's gradient from those of `_kernels_of`'s two outputs."""
+    o, c = weight.shape[:2]
+    g_dense = g_kernel.reshape(o, out_orientations, c, -1).transpose(1, 2).reshape(o * c, -1)
+    g_flat = torch.cat([g_dense, g_corner.reshape(o * c, -1)], dim=1)
+    g = g_flat @ expansion.to(g_flat.dtype).t()
+    return (g / scale if scale != 1 else g).reshape(weight.shape).to(weight.dtype)
+
+
+def _corner_features(own: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """[B, C·(1+R), NUM_CORNERS]: each corner's own orientation mean, then its neighbours' mean per
+    orientation (aligned to the corner), channel by channel."""
+    return torch.cat([own[:, :, None], neighbours.mean(-1)], dim=2).flatten(1, 2)
+
+
+def _patch_rows(patches: torch.Tensor) -> torch.Tensor:
+    """[B, C, R, CHART_CORNERS, 9] -> [B, CHART_CORNERS, C·R·9], one row per corner in the kernel's order."""
+    return patches.flatten(1, 2).transpose(1, 2).flatten(2)
+
+
+def _corner_index(b: int, rows: int, out_corners: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Index of the [B, rows, CHART_CORNERS] chart-corner outputs in the [B·5, rows, H, W] conv output."""
+    chart, h, w = out_corners.unbind(1)
+    batch_chart = torch.arange(b, device=out_corners.device)[:, None, None] * NUM_CHARTS + chart
+    return batch_chart, torch.arange(rows, device=out_corners.device)[:, None], h, w
+
+
+def _as_planes(t: torch.Tensor) -> torch.Tensor:
+    """`t` with exactly `empty_planes`' channels-last strides (what the fake kernels promise)."""
+    want = empty_planes(*t.shape, t)
+    return t if t.stride() == want.stride() else want.copy_(t)
+
+
+def _out_size(size: int, stride: int) -> int:
+    return (size - 3) // stride + 1
+
+
+# The whole layer is one opaque operator for torch.compile, forward and backward: traced, its kernel
+# expansion, corner rule and their gradients made a dozen small generated kernels per layer, whose C++
+# compilation was most of a model's compile time.
+@torch.library.custom_op("icolightning::ico_conv", mutates_args=())
+def ico_conv(planes: list[torch.Tensor], patches: list[torch.Tensor], own: list[torch.Tensor],
+             neighbours: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, expansion: torch.Tensor,
+             out_corners: torch.Tensor, out_orientations: int, dense_columns: int, expansion_scale: int, stride: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution of gauge-padded input parts (`planes` [B·5, C_i·R, H+2, W+2] channels-last, each
+    with its corner-rule inputs, see `Padded`), their channels concatenated: the output as channels-last
+    [B·5, C_out·R_out, H', W'] planes with the corner rule's values at the chart corners, and the poles
+    [B, C_out, R_out, 2]."""
+    kernel, corner_weight = _kernels_of(weight, expansion, out_orientations, dense_columns, expansion_scale)
+    r_in = patches[0].shape[2]
+    kernels = kernel.split([p.shape[1] * r_in for p in patches], dim=1)
+    corner_weights = corner_weight.split([p.shape[1] * (1 + r_in) for p in patches], dim=1)
+    bias_rows = None if bias is None else bias.repeat_interleave(out_orientations)
+    y = F.conv2d(planes[0], kernels[0], bias_rows, stride=stride)
+    for part, part_kernel in zip(planes[1:], kernels[1:], strict=True):
+        y += F.conv2d(part, part_kernel, stride=stride)
+    y = _as_planes(y)
+    corners = None
+    for part_own, part_nb, part_weight in zip(own, neighbours, corner_weights, strict=True):
+        product = part_weight @ _corner_features(part_own, part_nb)
+        corners = product if corners is None else corners + product
+    if bias is not None:
+        corners = corners + bias[:, None]
+    corners = corners.to(y.dtype)
+    b, rows = own[0].shape[0], y.shape[1]
+    wanted = corners[:, :, None, :CHART_CORNERS].expand(b, -1, out_orientations, -1).reshape(b, rows, -1)
+    y.index_put_(_corner_index(b, rows, out_corners), wanted)  # y is this op's own: overwriting is free
+    poles = corners[:, :, None, CHART_CORNERS:].expand(b, -1, out_orientations, -1).contiguous()
+    return y, poles
+
+
+@ico_conv.register_fake
+def _(planes, patches, own, neighbours, weight, bias, expansion, out_corners, out_orientations, dense_columns,
+      expansion_scale, stride):
+    n, _, hp, wp = planes[0].shape
+    o = weight.shape[0]
+    y = empty_planes(n, o * out_orientations, _out_size(hp, stride), _out_size(wp, stride), planes[0])
+    return y, planes[0].new_empty((own[0].shape[0], o, out_orientations, NUM_POLES))
+
+
+@torch.library.custom_op("icolightning::ico_conv_backward", mutates_args=())
+def ico_conv_backward(g_y: torch.Tensor, g_poles: torch.Tensor, planes: list[torch.Tensor],
+                      patches: list[torch.Tensor], own: list[torch.Tensor], neighbours: list[torch.Tensor],
+                      weight: torch.Tensor, has_bias: bool, planes_grad: list[bool], expansion: torch.Tensor,
+                      out_corners: torch.Tensor, out_orientations: int, dense_columns: int, expansion_scale: int,
+                      stride: int
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
+                                 torch.Tensor, torch.Tensor]:
+    """Gradients of `ico_conv`: of each part's planes (an empty tensor where `planes_grad` says none is
+    needed: the conv then skips its input gradient), patches, corner means and neighbours, then of the
+    weight and the bias (zeros of [C_out] when there is none).
+
+    The forward overwrote the chart corners' conv outputs, so they send nothing back through the conv:
+    the conv's backward runs on the whole output gradient, and what those corners' gradients sent back
+    is taken off again through the 3x3 patches around them (the same values, as the padding hands them
+    out), which the padding's backward returns to where they came from."""
+    kernel, corner_weight = _kernels_of(weight, expansion, out_orientations, dense_columns, expansion_scale)
+    r_in = patches[0].shape[2]
+    kernels = kernel.split([p.shape[1] * r_in for p in patches], dim=1)
+    corner_weights = corner_weight.split([p.shape[1] * (1 + r_in) for p in patches], dim=1)
+    b, rows = own[0].shape[0], g_y.shape[1]
+    o = rows // out_orientations
+    at_corners = g_y[_corner_index(b, rows, out_corners)]  # [B, rows, CHART_CORNERS]
+    g_corners = torch.cat([at_corners.view(b, o, out_orientations, -1).sum(2), g_poles.sum(2)], dim=-1)
+    g_planes, g_patches, g_own, g_nb, g_kernels, g_corner_weights = [], [], [], [], [], []
+    g_bias = None
+    for k, (part, part_patches, part_own, part_nb, part_kernel, part_weight) in enumerate(
+            zip(planes, patches, own, neighbours, kernels, corner_weights, strict=True)):
+        g_part, g_kernel, g_bias_part = torch.ops.aten.convolution_backward(
+            g_y, part, part_kernel, [rows] if k == 0 and has_bias else None, [stride, stride], [0, 0], [1, 1],
+            False, [0, 0], 1, [planes_grad[k], True, k == 0 and has_bias])
+        if g_bias_part is not None:
+            g_bias = g_bias_part
+        rows_of_patches = _patch_rows(part_patches)
+        per_corner = at_corners.transpose(1, 2).to(part_kernel.dtype)  # [B, CHART_CORNERS, rows]
+        g_rows = -(per_corner @ part_kernel.flatten(1))
+        g_kernel = g_kernel - (per_corner.transpose(1, 2) @ rows_of_patches).sum(0).view_as(g_kernel)
+        c = part_patches.shape[1]
+        g_patches.append(g_rows.view(b, CHART_CORNERS, c * r_in, -1).transpose(1, 2)
+                         .reshape(part_patches.shape).to(part_patches.dtype).contiguous())
+        features = _corner_features(part_own, part_nb)
+        g_corner = g_corners.to(features.dtype)
+        g_corner_weights.append(torch.einsum("boj,bkj->ok", g_corner, features))
+        g_features = (part_weight.t().to(features.dtype) @ g_corner).view(b, c, 1 + r_in, -1)
+        g_own.append(g_features[:, :, 0].contiguous().to(part_own.dtype))
+        g_nb.append((g_features[:, :, 1:, :, None] / part_nb.shape[-1]).expand(part_nb.shape).contiguous()
+                    .to(part_nb.dtype))
+        g_planes.append(_as_planes(g_part) if planes_grad[k] else part.new_empty(0))
+        g_kernels.append(g_kernel)
+    g_weight = _kernels_backward(torch.cat(g_kernels, dim=1), torch.cat(g_corner_weights, dim=1), weight, expansion,
+                                 out_orientations, expansion_scale)
+    if has_bias:
+        g_bias = (g_bias - at_corners.sum((0, 2))).view(o, out_orientations).sum(1) + g_corners.sum((0, 2))
+        g_bias = g_bias.to(weight.dtype)
+    else:
+        g_bias = weight.new_zeros(o)
+    return g_planes, g_patches, g_own, g_nb, g_weight, g_bias
+
+
+@ico_conv_backward.register_fake
+def _(g_y, g_poles, planes, patches, own, neighbours, weight, has_bias, planes_grad, expansion, out_corners,
+      out_orientations, dense_columns, expansion_scale, stride):
+    g_planes = [empty_planes(*p.shape, p) if needed else p.new_empty(0)
+                for p, needed in zip(planes, planes_grad, strict=True)]
+    return (g_planes, [p.new_empty(p.shape) for p in patches], [p.new_empty(p.shape) for p in own],
+            [p.new_empty(p.shape) for p in neighbours], weight.new_empty(weight.shape),
+            weight.new_empty(weight.shape[0]))
+
+
+def _save_conv(ctx, inputs, output) -> None:
+    planes, patches, own, neighbours, weight, bias, expansion, out_corners, *ctx.constants = inputs
+    ctx.parts, ctx.has_bias = len(planes), bias is not None
+    ctx.planes_grad = [p.requires_grad for p in planes]
+    ctx.save_for_backward(*planes, *patches, *own, *neighbours, weight, expansion, out_corners)
+
+
+def _conv_grads(ctx, g_y, g_poles):
+    saved, n = ctx.saved_tensors, ctx.parts
+    parts = [list(saved[k * n:(k + 1) * n]) for k in range(4)]
+    weight, expansion, out_corners = saved[4 * n:]
+    g_y = torch.zeros_like(_as_planes(g_y)) if g_y is None else g_y
+    g_poles = torch.zeros_like(g_poles) if g_poles is None else g_poles
+    g_planes, g_patches, g_own, g_nb, g_weight, g_bias = ico_conv_backward(
+        g_y, g_poles, *parts, weight, ctx.has_bias, ctx.planes_grad, expansion, out_corners, *ctx.constants)
+    g_planes = [g if needed else None for g, needed in zip(g_planes, ctx.planes_grad, strict=True)]
+    return (g_planes, g_patches, g_own, g_nb, g_weight, g_bias if ctx.has_bias else None,
+            None, None, None, None, None, None)
+
+
+ico_conv.register_autograd(_conv_grads, setup_context=_save_conv)
 
 
 def _corner_selection(in_orientations: int) -> np.ndarray:

@@ -72,7 +72,7 @@ class IcoBatchNorm(nn.Module):
         if not (self.training or not self.track_running_stats):
             return self._rectified(self._with_running_stats(x))
         syncing = self.training and self.sync and rank_and_world(self.process_group, environment=False)[1] > 1
-        if self.pad is not None and not torch.compiler.is_compiling():
+        if self.pad is not None and not (syncing and torch.compiler.is_compiling()):
             charts = memory(x.charts)
             with torch.no_grad():
                 mean, var, count = batch_statistics(charts, x.poles, syncing, self.process_group)

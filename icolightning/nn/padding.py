@@ -155,7 +155,7 @@ def fill_border(planes: torch.Tensor, poles: torch.Tensor, level: int, t: PadTab
 @gauge_pad.register_fake
 def _(charts, poles, level, names, tables):
     b, c, r, _, h, w = charts.shape
-    return (empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts), *_corner_inputs_like(charts, b, c, r))
+    return (empty_planes(b * NUM_CHARTS, c * r, h + 2, w + 2, charts), *corner_inputs_like(charts, b, c, r))
 
 
 def _corner_shapes(b: int, c: int, r: int) -> tuple[tuple[int, ...], ...]:
@@ -171,7 +171,7 @@ def corner_grads(grads: tuple[torch.Tensor | None, ...], b: int, c: int, r: int,
             for g, shape in zip(grads, _corner_shapes(b, c, r), strict=True)]
 
 
-def _corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torch.Tensor]:
+def corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torch.Tensor]:
     return [like.new_empty(shape) for shape in _corner_shapes(b, c, r)]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from icolightning.grid import CHART_CORNERS, NUM_POLES, IcoGrid
 from icolightning.nn.layout import charts_view, from_planes, memory, planes
@@ -67,11 +66,9 @@ def _hex_windows(padded: torch.Tensor, h: int, w: int, mode: str) -> torch.Tenso
     {(0, 0), (0, 1), (1, 0), (1, 1)} and {(-1, -1), (-1, 0), (0, -1), (0, 0)} (see HEX_OFFSETS),
     so two native 2x2 pools on shifted views give it (the mean subtracts the shared centre once).
     """
-    ahead, behind = _windows(padded, h, w)
     if mode == "max":
-        if torch.compiler.is_compiling():  # Inductor sees the native ops and picks what to save itself
-            return torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
-        return _HexMaxPool.apply(padded, h, w)
+        return hex_max_pool(padded, h, w)
+    ahead, behind = _windows(padded, h, w)
     sums = F.avg_pool2d(ahead, 2, divisor_override=1) + F.avg_pool2d(behind, 2, divisor_override=1)
     return (sums - padded[..., 1:h + 1:2, 1:w + 1:2]) / 7
 
@@ -97,41 +94,70 @@ def _hex_pools(padded: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]
     return ahead[inner_ahead], ahead_index[inner_ahead], behind[inner_behind], behind_index[inner_behind]
 
 
-class _HexMaxPool(torch.autograd.Function):
-    """The hex max `torch.maximum(max_pool2d(ahead), max_pool2d(behind))` that saves only its input.
+def _like(padded: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor of `shape` in `padded`'s memory format (channels-last or contiguous)."""
+    layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.empty(shape, dtype=padded.dtype, device=padded.device, memory_format=layout)
+
+
+# The hex max is one opaque operator, forward and backward, in eager mode and under torch.compile alike.
+@torch.library.custom_op("icolightning::hex_max_pool", mutates_args=())
+def hex_max_pool(padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`torch.maximum(max_pool2d(ahead), max_pool2d(behind))` of padded [N, C, H+2, W+2] planes (see
+    `_windows`), in their memory format; autograd saves only the input.
 
     Autograd through the native ops would save two int64 index tensors and both window maxima (1.5x the
     bytes of the input); the input is the padded buffer that the layer before saves anyway, so saving
-    it costs nothing. Backward recomputes the two pools and applies exactly the native gradient: each
-    window's first maximum in row-major order gets it, and ties between the windows split it in half,
-    as `torch.maximum`'s backward does (bit for bit for finite inputs and gradients)."""
+    it costs nothing. Backward (`hex_max_pool_backward`) recomputes the two pools and applies exactly the
+    native gradient: each window's first maximum in row-major order gets it, and ties between the
+    windows split it in half, as `torch.maximum`'s backward does (bit for bit for finite inputs and
+    gradients)."""
+    ahead, _, behind, _ = _hex_pools(padded, h, w)
+    return torch.maximum(ahead, behind, out=_like(padded, ahead.shape))
 
-    @staticmethod
-    def forward(ctx, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        ctx.save_for_backward(padded)
-        ctx.h, ctx.w = h, w
-        ahead, _, behind, _ = _hex_pools(padded, h, w)
-        return torch.maximum(ahead, behind)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (padded,) = ctx.saved_tensors
-        ahead, ahead_index, behind, behind_index = _hex_pools(padded, ctx.h, ctx.w)
-        # 1/2, 0 or -1/2: the ahead window takes grad * (1/2 + half) (all, half or none of it), the
-        # behind window the rest; products with 1, 1/2 and 0 are exact.
-        half = torch.sign(ahead - behind).mul_(0.5)
-        layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) \
-            else torch.contiguous_format
-        index = torch.cat([ahead_index, behind_index], -1).contiguous(memory_format=layout)
-        del ahead, ahead_index, behind, behind_index  # the pool outputs go before the gradient is allocated
-        both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
-        del half
-        # One native scatter-add of both windows' gradients into zeroed planes of the padded shape: the
-        # kernel adds both[o] at index[o] for every output o, plane by plane (so no two threads add into
-        # one plane). Kernel 3 with strides (2, 1) only makes (H+2, W+2) planes give the (h/2, w) shape.
-        return torch.ops.aten.max_pool2d_with_indices_backward(both, padded, [3, 3], [2, 1], [0, 0], [1, 1],
-                                                               False, index), None, None
+@hex_max_pool.register_fake
+def _(padded, h, w):
+    return _like(padded, (*padded.shape[:2], h // 2, w // 2))
+
+
+@torch.library.custom_op("icolightning::hex_max_pool_backward", mutates_args=())
+def hex_max_pool_backward(grad: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The gradient of `hex_max_pool` with respect to `padded`, in its memory format."""
+    ahead, ahead_index, behind, behind_index = _hex_pools(padded, h, w)
+    # 1/2, 0 or -1/2: the ahead window takes grad * (1/2 + half) (all, half or none of it), the
+    # behind window the rest; products with 1, 1/2 and 0 are exact.
+    half = torch.sign(ahead - behind).mul_(0.5)
+    layout = torch.channels_last if padded.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    index = torch.cat([ahead_index, behind_index], -1).contiguous(memory_format=layout)
+    del ahead, ahead_index, behind, behind_index  # the pool outputs go before the gradient is allocated
+    both = torch.cat([grad * (0.5 + half), grad * (0.5 - half)], -1).contiguous(memory_format=layout)
+    del half
+    # One native scatter-add of both windows' gradients into zeroed planes of the padded shape: the
+    # kernel adds both[o] at index[o] for every output o, plane by plane (so no two threads add into
+    # one plane). Kernel 3 with strides (2, 1) only makes (H+2, W+2) planes give the (h/2, w) shape.
+    g_padded = torch.ops.aten.max_pool2d_with_indices_backward(both, padded, [3, 3], [2, 1], [0, 0], [1, 1],
+                                                               False, index)
+    return g_padded.contiguous(memory_format=layout)
+
+
+@hex_max_pool_backward.register_fake
+def _(grad, padded, h, w):
+    return _like(padded, padded.shape)
+
+
+def _save_padded(ctx, inputs, output) -> None:
+    padded, ctx.h, ctx.w = inputs
+    ctx.save_for_backward(padded)
+
+
+def _hex_max_grad(ctx, grad):
+    (padded,) = ctx.saved_tensors
+    return hex_max_pool_backward(grad, padded, ctx.h, ctx.w), None, None
+
+
+hex_max_pool.register_autograd(_hex_max_grad, setup_context=_save_padded)
 
 
 class IcoUpsample(nn.Module):
@@ -148,23 +174,9 @@ class IcoUpsample(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         buf = memory(self.pad(x).buf)  # [B, 5, H+2, W+2, C, R]
-        # Inductor sees native ops and fuses them; eager runs the stencil with its own backward
-        fine = _interpolate_native(buf) if torch.compiler.is_compiling() else _Interpolate.apply(buf)
-        fine = charts_view(fine)  # the layout: [B, 5, 2H, 2W, C, R] in memory
+        fine = charts_view(interpolate(buf))  # the layout: [B, 5, 2H, 2W, C, R] in memory
         poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
         return IcoSignal(fine, poles)
-
-
-def _interpolate_native(buf: torch.Tensor) -> torch.Tensor:
-    """`_Interpolate` from native ops (autograd gives the same gradient up to the order of its sums)."""
-    h, w = buf.shape[2] - 2, buf.shape[3] - 2
-    here = buf[:, :, 1:h + 1, 1:w + 1]
-    along_w = (here + buf[:, :, 1:h + 1, 2:w + 2]) / 2
-    along_h = (here + buf[:, :, 2:h + 2, 1:w + 1]) / 2
-    diagonal = (here + buf[:, :, 2:h + 2, 2:w + 2]) / 2
-    even_rows = torch.stack([here, along_w], dim=4).flatten(3, 4)
-    odd_rows = torch.stack([along_h, diagonal], dim=4).flatten(3, 4)
-    return torch.stack([even_rows, odd_rows], dim=3).flatten(2, 3)
 
 
 _STENCIL = (((0, 1), (1, 2)), ((1, 0), (2, 1)), ((1, 1), (2, 2)))
@@ -172,38 +184,54 @@ _STENCIL = (((0, 1), (1, 2)), ((1, 0), (2, 1)), ((1, 1), (2, 2)))
 buffer): along w, along h, and the diagonal."""
 
 
-class _Interpolate(torch.autograd.Function):
-    """[B, 5, H+2, W+2, C, R] padded charts -> [B, 5, 2H, 2W, C, R]: even rows and columns keep the
-    vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
+# The stencil is one opaque operator, forward and backward, in eager mode and under torch.compile alike.
+@torch.library.custom_op("icolightning::interpolate", mutates_args=())
+def interpolate(buf: torch.Tensor) -> torch.Tensor:
+    """[B, 5, H+2, W+2, C, R] padded charts -> contiguous [B, 5, 2H, 2W, C, R]: even rows and columns keep
+    the vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
 
-    Forward writes the four parity classes straight into the output; backward adds the fixed stencil's
-    gradient into one zeroed padded buffer (autograd through slices, `stack` and `div` zero-filled and
-    summed a padded-size gradient per slice)."""
+    The four parity classes are written straight into the output; backward (`interpolate_backward`) adds
+    the fixed stencil's gradient into one zeroed padded buffer (autograd through slices, `stack` and
+    `div` zero-filled and summed a padded-size gradient per slice)."""
+    b, n, hp, wp, c, r = buf.shape
+    h, w = hp - 2, wp - 2
+    here = buf[:, :, 1:h + 1, 1:w + 1]
+    fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
+    fine[:, :, ::2, ::2] = here
+    for (row, col), (dh, dw) in _STENCIL:
+        torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
+    return fine
 
-    @staticmethod
-    def forward(ctx, buf: torch.Tensor) -> torch.Tensor:
-        b, n, hp, wp, c, r = buf.shape
-        h, w = hp - 2, wp - 2
-        ctx.shape = buf.shape
-        here = buf[:, :, 1:h + 1, 1:w + 1]
-        fine = buf.new_empty((b, n, 2 * h, 2 * w, c, r))
-        fine[:, :, ::2, ::2] = here
-        for (row, col), (dh, dw) in _STENCIL:
-            torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
-        return fine
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        h, w = ctx.shape[2] - 2, ctx.shape[3] - 2
-        g_buf = grad.new_zeros(ctx.shape)
-        here = g_buf[:, :, 1:h + 1, 1:w + 1]
-        here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view: read through slices, not copied
-        for (row, col), (dh, dw) in _STENCIL:
-            half = grad[:, :, row::2, col::2] / 2
-            here.add_(half)
-            g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
-        return g_buf
+@interpolate.register_fake
+def _(buf):
+    b, n, hp, wp, c, r = buf.shape
+    return buf.new_empty((b, n, 2 * (hp - 2), 2 * (wp - 2), c, r))
+
+
+@torch.library.custom_op("icolightning::interpolate_backward", mutates_args=())
+def interpolate_backward(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient of `interpolate` with respect to its padded input, contiguous [B, 5, H+2, W+2, C, R]."""
+    b, n, h2, w2, c, r = grad.shape
+    h, w = h2 // 2, w2 // 2
+    g_buf = grad.new_zeros((b, n, h + 2, w + 2, c, r))
+    here = g_buf[:, :, 1:h + 1, 1:w + 1]
+    here.copy_(grad[:, :, ::2, ::2])  # grad may be a strided view: read through slices, not copied
+    for (row, col), (dh, dw) in _STENCIL:
+        half = grad[:, :, row::2, col::2] / 2
+        here.add_(half)
+        g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
+    return g_buf
+
+
+@interpolate_backward.register_fake
+def _(grad):
+    b, n, h2, w2, c, r = grad.shape
+    return grad.new_empty((b, n, h2 // 2 + 2, w2 // 2 + 2, c, r))
+
+
+interpolate.register_autograd(lambda ctx, grad: interpolate_backward(grad),
+                              setup_context=lambda ctx, inputs, output: None)
 
 
 class OrientationPool(nn.Module):
