@@ -44,8 +44,9 @@ def test_fused_norm_operators_pass_opcheck(level, affine):
     grads = [torch.randn_like(t) for t in outs]
     plain = [None if t is None else t.detach() for t in (charts, poles, weight, bias)]
     count = (charts.numel() + poles.numel()) // 3
-    torch.library.opcheck(fused.norm_relu_pad_backward, (*grads, *plain, mean, invstd, outs[0].detach(),
-                                                         outs[4].detach(), count, True, level, names, tables))
+    rest = (*plain, mean, invstd, outs[0].detach(), outs[4].detach(), count, True, level, names, tables)
+    torch.library.opcheck(fused.norm_relu_pad_backward, (*grads, *rest))
+    torch.library.opcheck(fused.norm_relu_pad_backward, (None, None, None, None, grads[4], *rest))
     torch.library.opcheck(local_statistics, (plain[0], plain[1]))
 
 

@@ -139,4 +139,5 @@ def test_padding_operators_pass_torch_opcheck(level):
     torch.library.opcheck(gauge_pad, (charts, poles, level, *pad.op_args()))
     planes, patches, own, neighbours = gauge_pad(charts, poles, level, *pad.op_args())
     grads = [torch.randn_like(t) for t in (planes, patches, own, neighbours)]
-    torch.library.opcheck(gauge_pad_backward, (*grads, level, *pad.op_args()))
+    torch.library.opcheck(gauge_pad_backward, (*grads, 6, level, *pad.op_args()))
+    torch.library.opcheck(gauge_pad_backward, (grads[0], None, None, None, 6, level, *pad.op_args()))

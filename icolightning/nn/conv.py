@@ -304,12 +304,10 @@ def _save_conv(ctx, inputs, output) -> None:
     ctx.save_for_backward(*planes, *patches, *own, *neighbours, weight, expansion, out_corners)
 
 
-def _conv_grads(ctx, g_y, g_poles):
+def _conv_grads(ctx, g_y, g_poles):  # autograd materialises the gradient of an unused output as zeros
     saved, n = ctx.saved_tensors, ctx.parts
     parts = [list(saved[k * n:(k + 1) * n]) for k in range(4)]
     weight, expansion, out_corners = saved[4 * n:]
-    g_y = torch.zeros_like(_as_planes(g_y)) if g_y is None else g_y
-    g_poles = torch.zeros_like(g_poles) if g_poles is None else g_poles
     g_planes, g_patches, g_own, g_nb, g_weight, g_bias = ico_conv_backward(
         g_y, g_poles, *parts, weight, ctx.has_bias, ctx.planes_grad, expansion, out_corners, *ctx.constants)
     g_planes = [g if needed else None for g, needed in zip(g_planes, ctx.planes_grad, strict=True)]

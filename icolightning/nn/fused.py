@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from icolightning.nn.batch_stats import affine_of, batch_norm_grads, columns, per_column
 from icolightning.nn.layout import charts_view, empty_planes, from_planes
-from icolightning.nn.padding import PadTables, corner_grads, corner_inputs_like, fill_border, gauge_pad_backward
+from icolightning.nn.padding import PadTables, corner_inputs_like, fill_border, gauge_pad_backward
 from icolightning.nn.signal import IcoSignal, Padded
 
 
@@ -60,12 +60,10 @@ def _backward(reduction, grads, saved, relu: bool, level: int, names: str, table
     g_planes, g_patches, g_own, g_nb, g_poles = grads
     charts, poles, weight, bias, mean, invstd, planes, out_poles = saved
     b, r = charts.shape[0], charts.shape[-1]
-    c = charts.shape[-2]
-    g_patches, g_own, g_nb = corner_grads((g_patches, g_own, g_nb), b, c, r, charts)
     if g_planes is None:
         g_planes = torch.zeros_like(planes)
     interior, g_pad_poles = gauge_pad_backward(g_planes.contiguous(memory_format=torch.channels_last), g_patches,
-                                               g_own, g_nb, level, names, tables)
+                                               g_own, g_nb, r, level, names, tables)
     g_charts = from_planes(interior, b, r)
     g_poles = g_pad_poles if g_poles is None else g_poles + g_pad_poles
     if relu:
@@ -115,15 +113,17 @@ def _(charts, poles, weight, bias, mean, invstd, relu, level, names, tables):
 
 
 @torch.library.custom_op("icolightning::norm_relu_pad_backward", mutates_args=())
-def norm_relu_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: torch.Tensor, g_nb: torch.Tensor,
-                           g_poles: torch.Tensor, charts: torch.Tensor, poles: torch.Tensor,
+def norm_relu_pad_backward(g_planes: torch.Tensor | None, g_patches: torch.Tensor | None,
+                           g_own: torch.Tensor | None, g_nb: torch.Tensor | None, g_poles: torch.Tensor | None,
+                           charts: torch.Tensor, poles: torch.Tensor,
                            weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor,
                            invstd: torch.Tensor, planes: torch.Tensor, out_poles: torch.Tensor, count: int,
                            relu: bool, level: int, names: str, tables: list[torch.Tensor]
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of `norm_relu_pad_op`: charts' (memory order), poles', weight's and bias's (in the
     statistics' dtype; the weight's is that of a unit weight when there is none); `count` is the number
-    of values per channel that the statistics were taken over."""
+    of values per channel that the statistics were taken over. An output's gradient may be None (the
+    output was not used): zeros."""
     reduction = SimpleNamespace(count=count, syncing=False, group=None, needs_input_grad=(True,) * 4)
     saved = charts, poles, weight, bias, mean, invstd, planes, out_poles
     g_charts, g_poles, g_weight, g_bias = _backward(reduction, (g_planes, g_patches, g_own, g_nb, g_poles), saved,
@@ -143,16 +143,13 @@ def _(g_planes, g_patches, g_own, g_nb, g_poles, charts, poles, weight, bias, me
 def _save(ctx, inputs, output) -> None:
     charts, poles, weight, bias, mean, invstd, ctx.relu, ctx.level, ctx.names, tables = inputs
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to fill
     ctx.count = (charts.numel() + poles.numel()) // charts.shape[-2]
     ctx.save_for_backward(charts, poles, weight, bias, mean, invstd, output[0], output[4], *tables)
 
 
 def _grads(ctx, g_planes, g_patches, g_own, g_nb, g_poles):
     charts, poles, weight, bias, mean, invstd, planes, out_poles, *tables = ctx.saved_tensors
-    b, r, c = charts.shape[0], charts.shape[-1], charts.shape[-2]
-    g_patches, g_own, g_nb = corner_grads((g_patches, g_own, g_nb), b, c, r, charts)
-    g_planes = torch.zeros_like(planes) if g_planes is None else g_planes.contiguous(memory_format=torch.channels_last)
-    g_poles = torch.zeros_like(out_poles) if g_poles is None else g_poles
     g_charts, g_poles, g_weight, g_bias = norm_relu_pad_backward(
         g_planes, g_patches, g_own, g_nb, g_poles, charts, poles, weight, bias, mean, invstd, planes, out_poles,
         ctx.count, ctx.relu, ctx.level, ctx.names, tables)

@@ -176,11 +176,15 @@ def corner_inputs_like(like: torch.Tensor, b: int, c: int, r: int) -> list[torch
 
 
 @torch.library.custom_op("icolightning::gauge_pad_backward", mutates_args=())
-def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: torch.Tensor, g_nb: torch.Tensor,
-                       level: int, names: str, tables: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of `gauge_pad`: the charts' as a channels-last [B·5, C·R, H, W] batch, the poles'."""
+def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor | None, g_own: torch.Tensor | None,
+                       g_nb: torch.Tensor | None, orientations: int, level: int, names: str, tables: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of `gauge_pad`: the charts' as a channels-last [B·5, C·R, H, W] batch, the poles'. The
+    corner rule's gradients may be None (nobody used that output): they are zeros then."""
     t = PadTables(names, tables)
-    b, c, r = g_patches.shape[:3]
+    b, r = g_planes.shape[0] // NUM_CHARTS, orientations
+    c = g_planes.shape[1] // r
+    g_patches, g_own, g_nb = corner_grads((g_patches, g_own, g_nb), b, c, r, g_planes)
     h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
     g_padded = _cells(g_planes, b, r)
     interior = g_planes[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
@@ -204,23 +208,30 @@ def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor, g_own: t
 
 
 @gauge_pad_backward.register_fake
-def _(g_planes, g_patches, g_own, g_nb, level, names, tables):
-    b, c, r = g_patches.shape[:3]
+def _(g_planes, g_patches, g_own, g_nb, orientations, level, names, tables):
+    n, cr = g_planes.shape[:2]
     h, w = g_planes.shape[-2] - 2, g_planes.shape[-1] - 2
-    return empty_planes(b * NUM_CHARTS, c * r, h, w, g_planes), g_patches.new_empty(b, c, r, NUM_POLES)
+    return (empty_planes(n, cr, h, w, g_planes),
+            g_planes.new_empty(n // NUM_CHARTS, cr // orientations, orientations, NUM_POLES))
 
 
 def _save_for_backward(ctx, inputs, output) -> None:
     charts, _, ctx.level, ctx.names, tables = inputs
-    ctx.charts_shape = charts.shape
+    ctx.charts_shape, ctx.dtype = charts.shape, charts.dtype
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to fill
     ctx.save_for_backward(*tables)
 
 
 def _backward(ctx, g_planes, g_patches, g_own, g_nb):
     b, c, r, n, h, w = ctx.charts_shape
-    grads = corner_grads((g_patches, g_own, g_nb), b, c, r, g_planes)
-    interior, g_poles = gauge_pad_backward(g_planes, *grads, ctx.level, ctx.names, list(ctx.saved_tensors))
     no_grads = [None] * len(ctx.saved_tensors)
+    if g_planes is None:  # only the corner rule's inputs were used, or nothing
+        if g_patches is None and g_own is None and g_nb is None:
+            return None, None, None, None, no_grads
+        g_planes = torch.zeros((b * n, c * r, h + 2, w + 2), dtype=ctx.dtype, device=ctx.saved_tensors[0].device,
+                               memory_format=torch.channels_last)
+    interior, g_poles = gauge_pad_backward(g_planes, g_patches, g_own, g_nb, r, ctx.level, ctx.names,
+                                           list(ctx.saved_tensors))
     return interior.view(b, n, c, r, h, w).permute(0, 2, 3, 1, 4, 5), g_poles, None, None, no_grads
 
 
