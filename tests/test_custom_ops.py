@@ -56,9 +56,20 @@ def test_pooling_operators_pass_opcheck(layout):
     torch.library.opcheck(pooling.hex_max_pool, (padded, 4, 8))
     grad = torch.randn(10, 18, 2, 4, dtype=F64).contiguous(memory_format=layout)
     torch.library.opcheck(pooling.hex_max_pool_backward, (grad, padded.detach(), 4, 8))
+    pool = pooling.HexPool(2)
+    padded = pool.pad(_signal(2))
+    inputs = (_leaf(planes(padded.buf)).contiguous(memory_format=layout), _leaf(padded.corner_own),
+              _leaf(padded.corner_neighbours), pool.out_c, pool.out_h, pool.out_w, 4, 8)
+    torch.library.opcheck(pooling.hex_max_pool_corners, inputs)
+    pooled, poles = pooling.hex_max_pool_corners(*inputs)
+    plain = [t.detach() for t in inputs[:3]]
+    torch.library.opcheck(pooling.hex_max_pool_corners_backward, (torch.randn_like(pooled), torch.randn_like(poles),
+                                                                  *plain, *inputs[3:]))
     buf = torch.randn(2, 5, 6, 10, 3, 6, dtype=F64, requires_grad=True)
-    torch.library.opcheck(pooling.interpolate, (buf,))
-    torch.library.opcheck(pooling.interpolate_backward, (torch.randn(2, 5, 8, 16, 3, 6, dtype=F64),))
+    poles = torch.randn(2, 3, 6, 2, dtype=F64, requires_grad=True)
+    torch.library.opcheck(pooling.interpolate, (buf, poles))
+    torch.library.opcheck(pooling.interpolate_backward, (torch.randn(2, 5, 8, 16, 3, 6, dtype=F64),
+                                                         torch.randn(2, 3, 6, 2, dtype=F64)))
 
 
 @pytest.mark.parametrize(("in_rep", "out_rep", "stride", "parts"),
@@ -99,3 +110,34 @@ def test_unet_traced_through_aot_autograd_matches_eager_in_float64():
         results.append([logits.detach(), *(p.grad.clone() for p in model.parameters())])
     for eager, traced in zip(*results, strict=True):
         torch.testing.assert_close(traced, eager, rtol=1e-12, atol=1e-12)
+
+
+def _native_hex_max_pool(pool: pooling.HexPool, x: IcoSignal) -> IcoSignal:
+    """HexPool(max) from native ops, for autograd to differentiate: the window maxima, the corners
+    overwritten by the maximum over each corner's and its neighbours' orientation means."""
+    padded = pool.pad(x)
+    b, c, r, _, h, w = x.charts.shape
+    ahead, behind = pooling._windows(planes(padded.buf), h, w)
+    pooled = torch.maximum(F.max_pool2d(ahead, 2), F.max_pool2d(behind, 2))
+    corners = torch.cat([padded.corner_own[..., None], padded.corner_neighbours.mean(2)], dim=-1).amax(-1)
+    values = corners[:, :, :10].transpose(1, 2)[..., None].expand(b, 10, c, r)
+    pooled = pooled.permute(0, 2, 3, 1).reshape(b, 5, h // 2, w // 2, c, r)
+    pooled = pooled.index_put((torch.arange(b)[:, None], pool.out_c, pool.out_h, pool.out_w), values)
+    return IcoSignal(pooled.permute(0, 4, 5, 1, 2, 3), corners[:, :, None, 10:].expand(b, c, r, 2))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_hex_max_pool_operator_matches_the_native_composition(ties):
+    """Values and gradients (charts and poles) in float64, also with ties everywhere (rounded inputs)."""
+    pool = pooling.HexPool(2)
+    x = _signal(2).to_vertices()
+    x = (x * 2).round() if ties else x
+    outs = []
+    for layer in (pool, lambda s: _native_hex_max_pool(pool, s)):
+        leaf = x.clone().requires_grad_()
+        y = layer(IcoSignal.from_vertices(leaf))
+        weights = [torch.linspace(-1, 2, t.numel(), dtype=F64).view_as(t) for t in (y.charts, y.poles)]
+        loss = (y.charts * weights[0]).sum() + (y.poles * weights[1]).sum()
+        outs.append((y.charts.detach(), y.poles.detach(), torch.autograd.grad(loss, leaf)[0]))
+    for ours, native in zip(*outs, strict=True):
+        torch.testing.assert_close(ours, native, rtol=1e-12, atol=1e-12)

@@ -48,15 +48,90 @@ class HexPool(nn.Module):
     def forward(self, x: IcoSignal) -> IcoSignal:
         padded = self.pad(x)
         b, c, r, _, h, w = x.charts.shape
+        if self.mode == "max":  # one operator: the window maxima, the corners written into them, the poles
+            pooled, poles = hex_max_pool_corners(planes(padded.buf), padded.corner_own, padded.corner_neighbours,
+                                                 self.out_c, self.out_h, self.out_w, h, w)
+            return IcoSignal(charts_view(from_planes(pooled, b, r)), poles)
         pooled = _hex_windows(planes(padded.buf), h, w, self.mode)  # [B·5, C·R, h/2, w/2] channels-last
-        neighbourhood = torch.cat([padded.corner_own[..., None], padded.corner_neighbours.mean(2)], dim=-1)
-        corners = _reduce(neighbourhood, self.mode, -1)
+        corners = _reduce(_corner_neighbourhood(padded.corner_own, padded.corner_neighbours), self.mode, -1)
         values = corners[:, :, :CHART_CORNERS].transpose(1, 2)[..., None].expand(b, CHART_CORNERS, c, r)
         pooled = from_planes(pooled, b, r)
         batch = torch.arange(b, device=pooled.device)[:, None]
         pooled = pooled.index_put((batch, self.out_c, self.out_h, self.out_w), values)
         poles = corners[:, :, None, CHART_CORNERS:].expand(b, c, r, NUM_POLES).contiguous()
         return IcoSignal(charts_view(pooled), poles)
+
+
+def _corner_neighbourhood(own: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """[B, C, NUM_CORNERS, 6]: each corner's orientation mean and its 5 neighbours'."""
+    return torch.cat([own[..., None], neighbours.mean(2)], dim=-1)
+
+
+def _corner_pixels(b: int, out_c: torch.Tensor, out_h: torch.Tensor, out_w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Index (plane, :, row, column) of the chart corners [B, CHART_CORNERS] in [B·5, C·R, h, w] planes."""
+    plane = torch.arange(b, device=out_c.device)[:, None] * 5 + out_c
+    return plane, slice(None), out_h, out_w
+
+
+@torch.library.custom_op("icolightning::hex_max_pool_corners", mutates_args=())
+def hex_max_pool_corners(padded: torch.Tensor, own: torch.Tensor, neighbours: torch.Tensor, out_c: torch.Tensor,
+                         out_h: torch.Tensor, out_w: torch.Tensor, h: int, w: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max hex pooling of padded [B·5, C·R, H+2, W+2] planes (`hex_max_pool`), with the chart corners of
+    the output (at `out_c`, `out_h`, `out_w`) and the poles [B, C, R, 2] the maximum of the corner's
+    orientation mean and its 5 neighbours' (`own`, `neighbours` as in `Padded`)."""
+    pooled = hex_max_pool(padded, h, w)
+    b, c, r = neighbours.shape[:3]
+    corners = _corner_neighbourhood(own, neighbours).amax(-1)
+    values = corners[:, :, :CHART_CORNERS].transpose(1, 2)[..., None].expand(b, CHART_CORNERS, c, r)
+    pooled[_corner_pixels(b, out_c, out_h, out_w)] = values.reshape(b, CHART_CORNERS, c * r)
+    return pooled, corners[:, :, None, CHART_CORNERS:].expand(b, c, r, NUM_POLES).contiguous()
+
+
+@hex_max_pool_corners.register_fake
+def _(padded, own, neighbours, out_c, out_h, out_w, h, w):
+    b, c, r = neighbours.shape[:3]
+    return _like(padded, (*padded.shape[:2], h // 2, w // 2)), padded.new_empty((b, c, r, NUM_POLES))
+
+
+@torch.library.custom_op("icolightning::hex_max_pool_corners_backward", mutates_args=())
+def hex_max_pool_corners_backward(grad: torch.Tensor, g_poles: torch.Tensor, padded: torch.Tensor, own: torch.Tensor,
+                                  neighbours: torch.Tensor, out_c: torch.Tensor, out_h: torch.Tensor,
+                                  out_w: torch.Tensor, h: int, w: int
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of `hex_max_pool_corners` (padded planes', corner means', neighbours'): the corners' outputs
+    send nothing through the windows; a corner's maximum gives its gradient to the values that reach it,
+    split evenly between ties (as `amax`'s backward)."""
+    b, c, r = neighbours.shape[:3]
+    at = _corner_pixels(b, out_c, out_h, out_w)
+    g_corners = torch.cat([grad[at].view(b, CHART_CORNERS, c, r).sum(-1).transpose(1, 2), g_poles.sum(2)], dim=-1)
+    windows = grad.clone(memory_format=torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last)
+                         else torch.contiguous_format)
+    windows[at] = 0
+    g_padded = hex_max_pool_backward(windows, padded, h, w)
+    neighbourhood = _corner_neighbourhood(own, neighbours)
+    top = neighbourhood == neighbourhood.amax(-1, keepdim=True)
+    g_neighbourhood = top * (g_corners / top.sum(-1))[..., None]
+    g_nb = (g_neighbourhood[..., None, :, 1:] / r).expand(neighbours.shape).contiguous()
+    return g_padded, g_neighbourhood[..., 0].contiguous(), g_nb
+
+
+@hex_max_pool_corners_backward.register_fake
+def _(grad, g_poles, padded, own, neighbours, out_c, out_h, out_w, h, w):
+    return _like(padded, padded.shape), own.new_empty(own.shape), neighbours.new_empty(neighbours.shape)
+
+
+def _save_corners(ctx, inputs, output) -> None:
+    padded, own, neighbours, out_c, out_h, out_w, ctx.h, ctx.w = inputs
+    ctx.save_for_backward(padded, own, neighbours, out_c, out_h, out_w)
+
+
+def _corners_grad(ctx, grad, g_poles):
+    g_padded, g_own, g_nb = hex_max_pool_corners_backward(grad, g_poles, *ctx.saved_tensors, ctx.h, ctx.w)
+    return g_padded, g_own, g_nb, None, None, None, None, None
+
+
+hex_max_pool_corners.register_autograd(_corners_grad, setup_context=_save_corners)
 
 
 def _hex_windows(padded: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
@@ -174,9 +249,8 @@ class IcoUpsample(nn.Module):
 
     def forward(self, x: IcoSignal) -> IcoSignal:
         buf = memory(self.pad(x).buf)  # [B, 5, H+2, W+2, C, R]
-        fine = charts_view(interpolate(buf))  # the layout: [B, 5, 2H, 2W, C, R] in memory
-        poles = x.poles.mean(2, keepdim=True).expand_as(x.poles).contiguous()
-        return IcoSignal(fine, poles)
+        fine, poles = interpolate(buf, x.poles)
+        return IcoSignal(charts_view(fine), poles)  # the layout: [B, 5, 2H, 2W, C, R] in memory
 
 
 _STENCIL = (((0, 1), (1, 2)), ((1, 0), (2, 1)), ((1, 1), (2, 2)))
@@ -186,9 +260,10 @@ buffer): along w, along h, and the diagonal."""
 
 # The stencil is one opaque operator, forward and backward, in eager mode and under torch.compile alike.
 @torch.library.custom_op("icolightning::interpolate", mutates_args=())
-def interpolate(buf: torch.Tensor) -> torch.Tensor:
+def interpolate(buf: torch.Tensor, poles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 5, H+2, W+2, C, R] padded charts -> contiguous [B, 5, 2H, 2W, C, R]: even rows and columns keep
-    the vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1).
+    the vertex, the others the mean of it and its neighbour along w, h or the diagonal (h+1, w+1); and
+    the poles [B, C, R, 2] -> their orientation mean (a pole has no frame), contiguous.
 
     The four parity classes are written straight into the output; backward (`interpolate_backward`) adds
     the fixed stencil's gradient into one zeroed padded buffer (autograd through slices, `stack` and
@@ -200,18 +275,19 @@ def interpolate(buf: torch.Tensor) -> torch.Tensor:
     fine[:, :, ::2, ::2] = here
     for (row, col), (dh, dw) in _STENCIL:
         torch.add(here, buf[:, :, dh:h + dh, dw:w + dw], out=fine[:, :, row::2, col::2]).div_(2)
-    return fine
+    return fine, poles.mean(2, keepdim=True).expand_as(poles).contiguous()
 
 
 @interpolate.register_fake
-def _(buf):
+def _(buf, poles):
     b, n, hp, wp, c, r = buf.shape
-    return buf.new_empty((b, n, 2 * (hp - 2), 2 * (wp - 2), c, r))
+    return buf.new_empty((b, n, 2 * (hp - 2), 2 * (wp - 2), c, r)), poles.new_empty(poles.shape)
 
 
 @torch.library.custom_op("icolightning::interpolate_backward", mutates_args=())
-def interpolate_backward(grad: torch.Tensor) -> torch.Tensor:
-    """The gradient of `interpolate` with respect to its padded input, contiguous [B, 5, H+2, W+2, C, R]."""
+def interpolate_backward(grad: torch.Tensor, g_poles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of `interpolate`: of its padded input, contiguous [B, 5, H+2, W+2, C, R], and of the
+    poles (each orientation gets the mean of the outputs' gradients), contiguous."""
     b, n, h2, w2, c, r = grad.shape
     h, w = h2 // 2, w2 // 2
     g_buf = grad.new_zeros((b, n, h + 2, w + 2, c, r))
@@ -221,16 +297,16 @@ def interpolate_backward(grad: torch.Tensor) -> torch.Tensor:
         half = grad[:, :, row::2, col::2] / 2
         here.add_(half)
         g_buf[:, :, dh:h + dh, dw:w + dw].add_(half)
-    return g_buf
+    return g_buf, g_poles.mean(2, keepdim=True).expand_as(g_poles).contiguous()
 
 
 @interpolate_backward.register_fake
-def _(grad):
+def _(grad, g_poles):
     b, n, h2, w2, c, r = grad.shape
-    return grad.new_empty((b, n, h2 // 2 + 2, w2 // 2 + 2, c, r))
+    return grad.new_empty((b, n, h2 // 2 + 2, w2 // 2 + 2, c, r)), g_poles.new_empty(g_poles.shape)
 
 
-interpolate.register_autograd(lambda ctx, grad: interpolate_backward(grad),
+interpolate.register_autograd(lambda ctx, grad, g_poles: interpolate_backward(grad, g_poles),
                               setup_context=lambda ctx, inputs, output: None)
 
 
