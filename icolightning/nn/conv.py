@@ -70,6 +70,9 @@ class IcoConv(nn.Module):
                                            (NUM_CHARTS, *IcoGrid(level).chart_shape))
         self.register_buffer("pole_neighbours", torch.as_tensor(np.stack(pole_neighbours)), persistent=False)
         self.pad = GaugePad(level)
+        height, width = IcoGrid(level - stride + 1).chart_shape
+        self._overwrite_corners = _corner_macs_per_pixel(in_channels * r_in, len(out_corners), height * width
+                                                         ) > OVERWRITE_CORNERS_ABOVE
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -152,6 +155,10 @@ class IcoConv(nn.Module):
             # Inductor miscompiles the accumulating form below (wrong corner values for scalar
             # outputs, torch 2.13); a plain overwrite is correct there and its copy gets fused.
             y = y.index_put(index, wanted)
+        elif self._overwrite_corners:
+            # Small charts: the corner pixels' raw conv values (below) would cost more multiply-adds
+            # than the overwrite's backward costs in copying the output gradient.
+            y.index_put_(index, wanted.to(y.dtype))
         else:
             # Adding (wanted - conv output) instead of overwriting keeps backward free: the
             # gradient of an accumulate is the identity, an overwrite would clone it.
@@ -169,6 +176,17 @@ class IcoConv(nn.Module):
         charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, NUM_CHARTS, *y.shape[-2:], self.out_channels, -1))
         poles = corners[:, :, None, CHART_CORNERS:].expand(b, -1, self.out_orientations, -1).contiguous()
         return charts if plain else IcoSignal(charts, poles)
+
+
+OVERWRITE_CORNERS_ABOVE = 8.0
+"""Corner-rule multiply-adds per output-gradient element above which a conv overwrites its corner
+pixels instead of adding a correction (measured crossover, docs/performance.md)."""
+
+
+def _corner_macs_per_pixel(in_columns: int, corners: int, pixels: int) -> float:
+    """The correction's multiply-adds (its raw conv values at the chart corners, [corners, in_columns·9]
+    against the kernel) per element of the output gradient an overwrite would copy, per output column."""
+    return corners * in_columns * _TAPS_3X3 / (NUM_CHARTS * pixels)
 
 
 def _corner_selection(in_orientations: int) -> np.ndarray:
