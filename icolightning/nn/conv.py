@@ -2,8 +2,8 @@
 
 A filter has 7 taps (centre + 6 hex neighbours) per (out channel, in channel, in orientation).
 Output orientation i uses the taps rotated by i·60° and the input orientation channels shifted
-by i. The taps are expanded into a dense (C_out·R_out, C_in·R_in, 3, 3) kernel by one matmul
-with a precomputed 0/1 matrix, and the whole layer is one conv2d over the gauge-padded charts.
+by i. The taps are gathered into a dense channels-last (C_out·R_out, C_in·R_in, 3, 3) kernel by one
+precomputed index, and the whole layer is one conv2d over the gauge-padded charts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, ORIENTATIO
 from icolightning.nn.layout import charts_view, planes
 from icolightning.nn.padding import GaugePad
 from icolightning.nn.signal import IcoSignal, Padded, rep_size
-from icolightning.nn.tables import corner_table, kernel_expansion
+from icolightning.nn.tables import corner_table, hex_kernel_pattern, kernel_expansion
 
 _CENTRE = 4
 _TAPS_3X3 = 9
@@ -59,11 +59,15 @@ class IcoConv(nn.Module):
         r_in = self.in_orientations
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, r_in, 7))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        expansion = kernel_expansion(r_in, self.out_orientations)
-        self._dense_columns = expansion.shape[1]
-        both = np.concatenate([expansion, expansion[:, :r_in * _TAPS_3X3] @ _corner_selection(r_in)], axis=1)
-        self.register_buffer("expansion", torch.as_tensor(both, dtype=torch.float32), persistent=False)
-        self._expansion_scale = ORIENTATIONS if self.out_orientations == 1 else 1
+        self.register_buffer("kernel_taps", torch.as_tensor(_kernel_taps(in_channels, r_in)), persistent=False)
+        # Output orientation 0's dense kernel (for a scalar output: the sum of the 6 rotated copies,
+        # divided by `_rotations`), as a [R_in·7, R_in·9] matrix on the taps; the corner rule's weights
+        # are a fixed selection of it.
+        orientation_0 = kernel_expansion(r_in, self.out_orientations)[:, :r_in * _TAPS_3X3]
+        self._rotations = ORIENTATIONS if self.out_orientations == 1 else 1
+        self._gain = float(in_channels * np.square(orientation_0 / self._rotations).sum())
+        self.register_buffer("corner_expansion", torch.as_tensor(orientation_0 @ _corner_selection(r_in),
+                                                                 dtype=torch.float32), persistent=False)
         out_corners = IcoGrid(level - stride + 1).chart_corner_pixels()
         self.register_buffer("out_corners", torch.as_tensor(out_corners), persistent=False)
         pole_neighbours = np.unravel_index(corner_table(level).neighbours[CHART_CORNERS:],
@@ -79,10 +83,7 @@ class IcoConv(nn.Module):
         """He initialisation for the kernel the layer really applies: for unit-variance inputs an
         output channel's variance is C_in · var(w) · |E_0|², where E_0 maps the taps to output
         orientation 0's dense kernel (a scalar output averages 6 rotated copies, shrinking it)."""
-        per_orientation = self.in_orientations * _TAPS_3X3
-        expansion = self.expansion[:, :per_orientation] / self._expansion_scale
-        gain = float(self.in_channels * expansion.square().sum())
-        nn.init.normal_(self.weight, std=math.sqrt(2.0 / gain))
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / self._gain))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -91,20 +92,30 @@ class IcoConv(nn.Module):
                 f"stride={self.stride}, bias={self.bias is not None}")
 
     def dense_kernel(self) -> torch.Tensor:
-        """[C_out·R_out, C_in·R_in, 3, 3] conv2d kernel from the 7-tap weights."""
-        return self._kernels()[0]
+        """[C_out·R_out, C_in·R_in, 3, 3] channels-last conv2d kernel from the 7-tap weights."""
+        return self._kernels([self.in_channels])[0]
 
-    def _kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dense conv2d kernel and the corner rule's [C_out, C_in·(1+R_in)] weights, from one
-        matmul of the 7-tap weights with the expansion: the corner rule needs no gathers, sums or
-        einsums of its own (fewer small kernels under torch.compile)."""
-        o, c, r_out = self.out_channels, self.in_channels, self.out_orientations
-        flat = self.weight.reshape(o * c, -1) @ self.expansion.to(self.weight.dtype)
-        if self._expansion_scale != 1:
-            flat = flat / self._expansion_scale
-        dense, corner = flat.split([self._dense_columns, flat.shape[1] - self._dense_columns], dim=1)
-        kernel = dense.reshape(o, c, r_out, -1).transpose(1, 2).reshape(o * r_out, -1, 3, 3)
-        return kernel, corner.reshape(o, -1)
+    def _kernels(self, channels: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The channels-last conv2d kernel, split by input part (`channels` input channels each),
+        gathered from the 7-tap weights and a zero slot (the two taps a hexagon lacks): a gather, not a
+        matmul with a 0/1 matrix, and channels-last like the charts, so conv2d reorders neither the
+        kernel nor its gradient (a split part is a strided view, which conv2d copies)."""
+        o, r = self.out_channels, self.in_orientations
+        taps = torch.nn.functional.pad(self.weight, (0, 1)).reshape(o, -1)
+        dense = taps.index_select(1, self.kernel_taps).view(o, ORIENTATIONS, _TAPS_3X3, -1)
+        if self.out_orientations == 1:
+            dense = dense.sum(1, keepdim=True) / self._rotations
+        kernel = dense.view(o * self.out_orientations, 3, 3, -1).permute(0, 3, 1, 2)
+        return kernel.split([part * r for part in channels], dim=1)
+
+    def _corner_weights(self, channels: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The corner rule's [C_out, C_in·(1+R_in)] weights, split by input part: a fixed linear map of
+        the taps (one small matmul)."""
+        o, c = self.out_channels, self.in_channels
+        corner = self.weight.reshape(o * c, -1) @ self.corner_expansion.to(self.weight.dtype)
+        if self._rotations != 1:
+            corner = corner / self._rotations
+        return corner.reshape(o, -1).split([part * (1 + self.in_orientations) for part in channels], dim=1)
 
     def _corner_outputs(self, padded: Sequence[Padded], corner_weight: Sequence[torch.Tensor]) -> torch.Tensor:
         """[B, C_out, NUM_CORNERS]: output orientation 0's taps summed over the 6 directions, each applied
@@ -136,10 +147,8 @@ class IcoConv(nn.Module):
                              f"{shapes[0] if len(shapes) == 1 else shapes}")
         padded = [self.pad(s) for s in parts]
         b = padded[0].buf.shape[0]
-        kernel, corner_weight = self._kernels()
         channels = [s.charts.shape[1] for s in parts]
-        kernels = kernel.split([c * self.in_orientations for c in channels], dim=1)
-        corner_weights = corner_weight.split([c * (1 + self.in_orientations) for c in channels], dim=1)
+        kernels, corner_weights = self._kernels(channels), self._corner_weights(channels)
         bias = None if self.bias is None else self.bias.repeat_interleave(self.out_orientations)
         y = F.conv2d(planes(padded[0].buf), kernels[0], bias, stride=self.stride)
         for part, part_kernel in zip(padded[1:], kernels[1:], strict=True):
@@ -165,8 +174,8 @@ class IcoConv(nn.Module):
             # A matmul with a view of the kernel, so autograd saves the storage conv2d saves anyway.
             raw = None
             for part, part_kernel in zip(padded, kernels, strict=True):
-                patches = part.patches.flatten(1, 2).transpose(1, 2).flatten(2)  # [B, corners, C·R·9]
-                product = patches @ part_kernel.flatten(1).t()
+                patches = part.patches.permute(0, 3, 4, 1, 2).flatten(2)  # [B, corners, 9·C·R]
+                product = patches @ part_kernel.permute(0, 2, 3, 1).reshape(rows, -1).t()
                 raw = product if raw is None else raw + product
             raw = raw.transpose(1, 2)
             if bias is not None:
@@ -187,6 +196,16 @@ def _corner_macs_per_pixel(in_columns: int, corners: int, pixels: int) -> float:
     """The correction's multiply-adds (its raw conv values at the chart corners, [corners, in_columns·9]
     against the kernel) per element of the output gradient an overwrite would copy, per output column."""
     return corners * in_columns * _TAPS_3X3 / (NUM_CHARTS * pixels)
+
+
+def _kernel_taps(in_channels: int, in_orientations: int) -> np.ndarray:
+    """[6·9·C_in·R_in] index into the weights [C_out, C_in·R_in·8] (7 taps, then a zero slot) laid out
+    as (output orientation, 3x3 position, input channel, input orientation): the gathered kernel of an
+    output channel is its channels-last [6·3·3, C_in·R_in] block."""
+    orient, tap = hex_kernel_pattern(in_orientations)  # [6, R_in, 9] each
+    source = (orient * 8 + tap).transpose(0, 2, 1)  # [6, 9, R_in]
+    channel = np.arange(in_channels)[None, None, :, None] * (in_orientations * 8)
+    return (channel + source[:, :, None, :]).reshape(-1)
 
 
 def _corner_selection(in_orientations: int) -> np.ndarray:
