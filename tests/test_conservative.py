@@ -168,3 +168,60 @@ def test_cache_and_regrid_tool_use_the_methods_and_cf_bounds(tmp_path) -> None:
     with xr.open_dataset(out) as ico:
         np.testing.assert_allclose(ico["TMQ"].values, expected_tmq, rtol=1e-6)
         np.testing.assert_array_equal(ico["LABELS"].values.reshape(-1), expected_labels)
+
+
+def test_missing_vertices_leave_the_weights_back() -> None:
+    """ico_to_latlon: NaN vertices leave the overlaps, each cell is the mean over its valid
+    Voronoi overlaps (NaN where none is valid), from the raw overlap areas written out here."""
+    from datamodules.regrid import LatLonGrid
+    from datamodules.regrid.conservative import overlaps, source_cells
+
+    lat, lon, _, _ = _grid("descending_centred_dateline")
+    ico = IcoGrid(3)
+    grid = LatLonGrid.from_coords(lat, lon)
+    area = overlaps(grid, ico, source_cells(grid)).tocsr()
+    vertices = np.random.default_rng(8).normal(size=ico.num_vertices)
+    vertices[ico.latlon[:, 0] > 55] = np.nan  # a polar cap: the cells inside it have no valid overlap
+    vertices[::17] = np.nan  # scattered: cells on those Voronoi cells renormalise
+    valid = np.isfinite(vertices)
+    with np.errstate(invalid="ignore"):
+        expected = (area.T @ np.where(valid, vertices, 0.0)) / (area.T @ valid.astype(float))
+    back = ico_to_latlon(vertices, lat, lon, "conservative").reshape(-1)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(expected))
+    assert 0 < np.isnan(back).sum() < back.size // 4
+    np.testing.assert_allclose(back, expected, rtol=1e-12)
+    full = ico_to_latlon(np.nan_to_num(vertices), lat, lon, "conservative").reshape(-1)
+    touched = (area.T @ (~valid).astype(float)) > 0
+    assert ((back != full) & np.isfinite(back)).sum() > 0
+    np.testing.assert_array_equal(back[~touched], full[~touched])
+
+
+def test_masked_arrays_leave_the_weights_as_nan_does() -> None:
+    """netCDF4 returns numpy masked arrays for variables with a _FillValue: the masked cells (here
+    holding 1e20 underneath) must leave the weights exactly as NaN cells do, both ways."""
+    lat, lon, _, _ = _grid("ascending_with_poles")
+    rng = np.random.default_rng(7)
+    field = rng.normal(size=(2, lat.size, lon.size)).astype(np.float32)
+    mask = np.zeros(field.shape, bool)
+    mask[:, 10:20, 5:30] = True
+    masked = np.ma.masked_array(np.where(mask, np.float32(1e20), field), mask=mask)
+    with_nan = np.where(mask, np.float32(np.nan), field)
+    for method in ("conservative", "bilinear"):
+        got = latlon_to_ico(masked, lat, lon, 3, method)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, latlon_to_ico(with_nan, lat, lon, 3, method))
+        assert np.nanmax(np.abs(got)) < 10
+    labels = (field[0] > 0.5).astype(np.int8)
+    masked_labels = np.ma.masked_array(np.where(mask[0], 9, labels), mask=mask[0])
+    nan_labels = np.where(mask[0], np.nan, labels)
+    np.testing.assert_array_equal(class_fractions(masked_labels, lat, lon, 3, 2),
+                                  class_fractions(nan_labels, lat, lon, 3, 2))
+    np.testing.assert_array_equal(latlon_to_ico(masked_labels, lat, lon, 3, "majority"),
+                                  latlon_to_ico(nan_labels, lat, lon, 3, "majority"))
+    unmasked = np.ma.masked_array(labels)
+    assert latlon_to_ico(unmasked, lat, lon, 3, "majority").dtype == np.int8
+    vertices = latlon_to_ico(field[0].astype(np.float64), lat, lon, 3, "conservative")
+    polar = IcoGrid(3).latlon[:, 0] > 55
+    back = ico_to_latlon(np.ma.masked_array(np.where(polar, 1e20, vertices), mask=polar), lat, lon, "conservative")
+    np.testing.assert_array_equal(back, ico_to_latlon(np.where(polar, np.nan, vertices), lat, lon, "conservative"))
+    assert np.isnan(back).any() and np.nanmax(np.abs(back)) < 10
