@@ -328,10 +328,10 @@ def test_the_issue_grid_level_matrix_builds_and_is_exactly_conservative(name, le
     _check_exactly_conservative(lat, lon, {}, level)
 
 
-def test_regional_grid_keeps_the_covered_integral() -> None:
+@pytest.mark.parametrize("level", [3, 5, *(pytest.param(level, marks=pytest.mark.slow) for level in (6, 7))])
+def test_regional_grid_keeps_the_covered_integral(level) -> None:
     """A patch across the date line: vertices outside are NaN, vertices inside get the mean over the
     covered part of their cell, and sum(covered area x value) equals the patch integral."""
-    level = 3
     lat, lon = np.arange(-30.0, 40.0, 2.0), np.mod(np.arange(150.0, 250.0, 2.5), 360.0)
     ico = IcoGrid(level)
     field = np.random.default_rng(5).random((lat.size, lon.size))
@@ -344,7 +344,7 @@ def test_regional_grid_keeps_the_covered_integral() -> None:
     overlap = overlaps(grid, ico, cells).tocsr()
     covered = np.asarray(overlap.sum(1)).ravel()
     assert np.isnan(out[covered == 0]).all() and np.isfinite(out[covered > 0]).all()
-    assert (covered <= ico.areas * (1 + 1e-12)).all()
+    assert (covered <= ico.areas * (1 + 1e-9)).all()  # round-off grows to ~2e-11 at level 6
     inside = np.isclose(covered, ico.areas, rtol=1e-10)
     assert 0 < inside.sum() < (covered > 0).sum()  # some vertices wholly inside, some on the rim
     areas = np.empty((lat.size, lon.size))
