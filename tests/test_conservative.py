@@ -225,3 +225,22 @@ def test_masked_arrays_leave_the_weights_as_nan_does() -> None:
     back = ico_to_latlon(np.ma.masked_array(np.where(polar, 1e20, vertices), mask=polar), lat, lon, "conservative")
     np.testing.assert_array_equal(back, ico_to_latlon(np.where(polar, np.nan, vertices), lat, lon, "conservative"))
     assert np.isnan(back).any() and np.nanmax(np.abs(back)) < 10
+
+
+def test_cf_bounds_in_any_order_and_longitude_branch() -> None:
+    """CF bounds may list a cell's edges either way round and on another 360-degree branch than the
+    centres (e.g. [355, 5] for a column centred at 0, or 0..360 bounds for -180..180 centres): the
+    same cells, the same weights."""
+    lat, lon = np.arange(-87.5, 90, 5.0)[::-1], np.arange(-180.0, 180.0, 10.0)
+    lat_bounds = np.stack([lat - 2.5, lat + 2.5], axis=1)
+    lon_bounds = np.stack([lon - 5.0, lon + 5.0], axis=1)
+    field = np.random.default_rng(9).random((lat.size, lon.size))
+    plain = latlon_to_ico(field, lat, lon, 3, "conservative", lat_bounds=lat_bounds, lon_bounds=lon_bounds)
+    wrapped = np.mod(lon_bounds, 360.0)
+    assert ((wrapped[:, 1] < wrapped[:, 0]) | (wrapped.min(1) > lon)).any()  # some cells given across the seam
+    other = latlon_to_ico(field, lat, lon, 3, "conservative", lat_bounds=lat_bounds[:, ::-1],
+                          lon_bounds=wrapped[:, ::-1])
+    np.testing.assert_allclose(other, plain, rtol=1e-12)
+    back = ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds, lon_bounds=lon_bounds)
+    np.testing.assert_allclose(ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds[:, ::-1],
+                                             lon_bounds=wrapped[:, ::-1]), back, rtol=1e-12)

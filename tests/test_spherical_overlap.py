@@ -374,3 +374,39 @@ def test_a_repeated_cyclic_column_is_one_cell_and_is_filled_back() -> None:
     np.testing.assert_array_equal(back[:, :-1], ico_to_latlon(vertices, lat, lon[:-1], "conservative"))
     labels = (field > 0.5).astype(np.int8)
     assert ico_to_latlon(latlon_to_ico(labels, lat, lon, 3, "majority"), lat, lon, "majority").dtype == np.int8
+
+
+@pytest.mark.parametrize("north", [True, False])
+@pytest.mark.parametrize("level", [2, 3])
+def test_a_polar_cap_grid_covers_the_pole_cells(north, level) -> None:
+    """A regional grid of only polar rows (0.5-degree nodes from the pole point to 80 degrees): its
+    rows are all shorter in sin-latitude (<= 0.0015) than the pole vertex's cell is tall (0.008 at
+    level 2, 0.002 at level 3), so that cell must reach them by its own extent (z down to -1 or up
+    to 1), not by the height of the grid's tallest row. Every vertex whose Voronoi cell lies inside
+    the cap is fully covered; the cap's integral is kept."""
+    from datamodules.regrid import LatLonGrid
+    from datamodules.regrid.conservative import overlaps, source_cells
+
+    sign = 1.0 if north else -1.0
+    lat, lon = sign * np.linspace(90.0, 80.0, 21), np.arange(720) * 0.5
+    ico = IcoGrid(level)
+    grid = LatLonGrid.from_coords(lat, lon)
+    cells = source_cells(grid)
+    covered = np.asarray(overlaps(grid, ico, cells).tocsr().sum(1)).ravel()
+    # a vertex's cell lies inside the cap when all its Voronoi corners (the circumcentres of the
+    # triangles around it) lie beyond 80.25 degrees
+    corners = np.cross(ico.xyz[ico.ring] - ico.xyz[:, None], ico.xyz[np.roll(ico.ring, -1, axis=1)] - ico.xyz[:, None])
+    with np.errstate(invalid="ignore"):  # the last slot of a degree-5 vertex is degenerate (masked below)
+        corners /= np.linalg.norm(corners, axis=-1, keepdims=True)
+    corner_lat = np.degrees(np.arcsin(corners[..., 2]))
+    valid = np.arange(ico.ring.shape[1])[None, :] < ico.degree[:, None]
+    inside = np.where(valid, sign * corner_lat > 80.25, True).all(axis=1)
+    pole = ico.pole_ids[0 if north else 1]
+    assert inside[pole] and inside.sum() >= 1
+    np.testing.assert_allclose(covered[inside], ico.areas[inside], rtol=1e-9)
+    field = np.random.default_rng(level).random((lat.size, lon.size))
+    out = latlon_to_ico(field, lat, lon, level, "conservative")
+    areas = np.empty((lat.size, lon.size))
+    areas[np.ix_(grid.lat_order, grid.lon_order)] = cells.areas()
+    assert np.isfinite(out[pole])
+    np.testing.assert_allclose(np.nansum(out * covered), (field * areas).sum(), rtol=1e-12)
