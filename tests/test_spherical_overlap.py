@@ -73,6 +73,10 @@ REFERENCE_CASES = {
     # 72k: with one column per edge the parallel at 56 crosses each edge twice, between its ends
     "level0_bulging_arcs": (np.array([[-90, -56], [-56, 0], [0, 56], [56, 90.0]]),
                             np.stack([36 + 72.0 * np.arange(5), 108 + 72.0 * np.arange(5)], 1), 0),
+    # the mirror: the south cell's edges run between longitudes 72k at -52.6 and dip to -58.3 at
+    # 36 + 72k; with one column per south edge the parallel at -56 crosses each twice between its ends
+    "level0_dipping_arcs": (np.array([[-90, -56], [-56, 0], [0, 56], [56, 90.0]]),
+                            np.stack([72.0 * np.arange(5), 72 + 72.0 * np.arange(5)], 1), 0),
     "gaussian_level2": (_gaussian_bounds(12)[1],
                         np.stack([np.arange(12) * 30.0 - 7, np.arange(1, 13) * 30.0 - 7], 1), 2),
     "regional_level3": (np.stack([np.arange(10, 70, 6.0), np.arange(16, 76, 6.0)], 1),
@@ -352,6 +356,25 @@ def test_regional_grid_keeps_the_covered_integral(level) -> None:
     np.testing.assert_allclose(np.nansum(out * covered), (field * areas).sum(), rtol=1e-12)
     back = ico_to_latlon(np.where(np.isnan(out), 0.0, out), lat, lon, "conservative")
     assert np.isfinite(back).all()
+
+
+def test_regional_cells_extend_half_a_spacing_beyond_the_outer_centres() -> None:
+    """Without bounds, a regional grid's cells are centred on its points, the outer ones too: the
+    same weights as the bounds written out here, and the vertices' covered areas add up to the
+    patch's exact area (sin-latitude band x longitude width)."""
+    lat, lon = np.arange(12.0, 60.0, 3.0), np.mod(np.arange(160.0, 230.0, 2.5), 360.0)
+    level = 4
+    lat_bounds = np.stack([lat - 1.5, lat + 1.5], axis=1)
+    lon_bounds = np.stack([lon - 1.25, lon + 1.25], axis=1)
+    field = np.random.default_rng(11).random((lat.size, lon.size))
+    out = latlon_to_ico(field, lat, lon, level, "conservative")
+    np.testing.assert_allclose(out, latlon_to_ico(field, lat, lon, level, "conservative", lat_bounds=lat_bounds,
+                                                  lon_bounds=lon_bounds), rtol=1e-12)
+    covered = np.asarray(overlap_matrix(lat_bounds, lon_bounds, IcoGrid(level)).sum(1)).ravel()
+    patch = (np.sin(np.deg2rad(lat[-1] + 1.5)) - np.sin(np.deg2rad(lat[0] - 1.5))) * np.deg2rad(lon.size * 2.5)
+    np.testing.assert_allclose(covered.sum(), patch, rtol=1e-12)
+    matrix = regrid_matrix(lat, lon, level, "conservative")
+    np.testing.assert_array_equal(matrix.covered, covered > 0)
 
 
 @pytest.mark.parametrize("level", [0, 1, 2, 3, 4])
