@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from datamodules.cache.entries import PreprocessConfig, ensure_cache
 from datamodules.climatenet.synthetic import generate_dataset
 from datamodules.io.convert import regrid_netcdf
-from datamodules.regrid import class_fractions, ico_to_latlon, latlon_to_ico, regrid_matrix
+from datamodules.regrid import class_fractions, clear_matrix_cache, ico_to_latlon, latlon_to_ico, regrid_matrix
 from icolightning.grid import IcoGrid
 
 
@@ -244,3 +244,49 @@ def test_cf_bounds_in_any_order_and_longitude_branch() -> None:
     back = ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds, lon_bounds=lon_bounds)
     np.testing.assert_allclose(ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds[:, ::-1],
                                              lon_bounds=wrapped[:, ::-1]), back, rtol=1e-12)
+
+
+def test_the_caches_key_on_the_bounds() -> None:
+    """Bounds for latitude only, longitude only, both or neither are four different sets of cells:
+    in whatever order they are asked for, each gives what a fresh build gives, both ways."""
+    lat, lon, _, bounds = _grid("cf_bounds")
+    variants = [{}, {"lat_bounds": bounds["lat_bounds"]}, {"lon_bounds": bounds["lon_bounds"]}, bounds]
+    field = np.random.default_rng(12).random((lat.size, lon.size))
+
+    def both_ways(kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+        vertices = latlon_to_ico(field, lat, lon, 2, "conservative", **kwargs)
+        return vertices, ico_to_latlon(vertices, lat, lon, "conservative", **kwargs)
+
+    fresh = []
+    for kwargs in variants:
+        clear_matrix_cache()
+        fresh.append(both_ways(kwargs))
+    for i in range(len(variants)):
+        for j in range(i):
+            assert not np.allclose(fresh[i][0], fresh[j][0], rtol=1e-6)
+    for order in (variants, variants[::-1]):
+        clear_matrix_cache()
+        for kwargs in order:
+            expected = fresh[variants.index(kwargs)]
+            got = both_ways(kwargs)
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+    clear_matrix_cache()
+
+
+def test_class_fractions_skip_missing_labels() -> None:
+    """NaN labels leave the weights: each vertex's shares are over its valid cells only (sum 1),
+    NaN only where none is valid, against the forward weights applied here."""
+    lat, lon, _, _ = _grid("ascending_with_poles")
+    labels = np.random.default_rng(13).integers(0, 3, (lat.size, lon.size)).astype(np.float64)
+    labels[10:20, 5:30] = np.nan
+    labels[::7, ::5] = np.nan
+    weights = regrid_matrix(lat, lon, 3, "conservative").to_scipy()
+    valid = np.isfinite(labels).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        expected = np.stack([weights @ (labels.reshape(-1) == k) for k in range(3)]) / (weights @ valid)
+    fractions = class_fractions(labels, lat, lon, 3, 3)
+    np.testing.assert_array_equal(np.isnan(fractions), np.isnan(expected))
+    assert 0 < np.isnan(fractions[0]).sum() < fractions.shape[1] // 4
+    np.testing.assert_allclose(fractions, expected, rtol=1e-12)
+    np.testing.assert_allclose(np.nansum(fractions, 0)[np.isfinite(fractions[0])], 1.0, rtol=1e-12)
