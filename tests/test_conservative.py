@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from datamodules.cache.entries import PreprocessConfig, ensure_cache
 from datamodules.climatenet.synthetic import generate_dataset
 from datamodules.io.convert import regrid_netcdf
-from datamodules.regrid import class_fractions, ico_to_latlon, latlon_to_ico, regrid_matrix
+from datamodules.regrid import class_fractions, clear_matrix_cache, ico_to_latlon, latlon_to_ico, regrid_matrix
 from icolightning.grid import IcoGrid
 
 
@@ -168,3 +168,125 @@ def test_cache_and_regrid_tool_use_the_methods_and_cf_bounds(tmp_path) -> None:
     with xr.open_dataset(out) as ico:
         np.testing.assert_allclose(ico["TMQ"].values, expected_tmq, rtol=1e-6)
         np.testing.assert_array_equal(ico["LABELS"].values.reshape(-1), expected_labels)
+
+
+def test_missing_vertices_leave_the_weights_back() -> None:
+    """ico_to_latlon: NaN vertices leave the overlaps, each cell is the mean over its valid
+    Voronoi overlaps (NaN where none is valid), from the raw overlap areas written out here."""
+    from datamodules.regrid import LatLonGrid
+    from datamodules.regrid.conservative import overlaps, source_cells
+
+    lat, lon, _, _ = _grid("descending_centred_dateline")
+    ico = IcoGrid(3)
+    grid = LatLonGrid.from_coords(lat, lon)
+    area = overlaps(grid, ico, source_cells(grid)).tocsr()
+    vertices = np.random.default_rng(8).normal(size=ico.num_vertices)
+    vertices[ico.latlon[:, 0] > 55] = np.nan  # a polar cap: the cells inside it have no valid overlap
+    vertices[::17] = np.nan  # scattered: cells on those Voronoi cells renormalise
+    valid = np.isfinite(vertices)
+    with np.errstate(invalid="ignore"):
+        expected = (area.T @ np.where(valid, vertices, 0.0)) / (area.T @ valid.astype(float))
+    back = ico_to_latlon(vertices, lat, lon, "conservative").reshape(-1)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(expected))
+    assert 0 < np.isnan(back).sum() < back.size // 4
+    np.testing.assert_allclose(back, expected, rtol=1e-12)
+    full = ico_to_latlon(np.nan_to_num(vertices), lat, lon, "conservative").reshape(-1)
+    touched = (area.T @ (~valid).astype(float)) > 0
+    assert ((back != full) & np.isfinite(back)).sum() > 0
+    np.testing.assert_array_equal(back[~touched], full[~touched])
+
+
+def test_masked_arrays_leave_the_weights_as_nan_does() -> None:
+    """netCDF4 returns numpy masked arrays for variables with a _FillValue: the masked cells (here
+    holding 1e20 underneath) must leave the weights exactly as NaN cells do, both ways."""
+    lat, lon, _, _ = _grid("ascending_with_poles")
+    rng = np.random.default_rng(7)
+    field = rng.normal(size=(2, lat.size, lon.size)).astype(np.float32)
+    mask = np.zeros(field.shape, bool)
+    mask[:, 10:20, 5:30] = True
+    masked = np.ma.masked_array(np.where(mask, np.float32(1e20), field), mask=mask)
+    with_nan = np.where(mask, np.float32(np.nan), field)
+    for method in ("conservative", "bilinear"):
+        got = latlon_to_ico(masked, lat, lon, 3, method)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, latlon_to_ico(with_nan, lat, lon, 3, method))
+        assert np.nanmax(np.abs(got)) < 10
+    labels = (field[0] > 0.5).astype(np.int8)
+    masked_labels = np.ma.masked_array(np.where(mask[0], 9, labels), mask=mask[0])
+    nan_labels = np.where(mask[0], np.nan, labels)
+    np.testing.assert_array_equal(class_fractions(masked_labels, lat, lon, 3, 2),
+                                  class_fractions(nan_labels, lat, lon, 3, 2))
+    np.testing.assert_array_equal(latlon_to_ico(masked_labels, lat, lon, 3, "majority"),
+                                  latlon_to_ico(nan_labels, lat, lon, 3, "majority"))
+    unmasked = np.ma.masked_array(labels)
+    assert latlon_to_ico(unmasked, lat, lon, 3, "majority").dtype == np.int8
+    vertices = latlon_to_ico(field[0].astype(np.float64), lat, lon, 3, "conservative")
+    polar = IcoGrid(3).latlon[:, 0] > 55
+    back = ico_to_latlon(np.ma.masked_array(np.where(polar, 1e20, vertices), mask=polar), lat, lon, "conservative")
+    np.testing.assert_array_equal(back, ico_to_latlon(np.where(polar, np.nan, vertices), lat, lon, "conservative"))
+    assert np.isnan(back).any() and np.nanmax(np.abs(back)) < 10
+
+
+def test_cf_bounds_in_any_order_and_longitude_branch() -> None:
+    """CF bounds may list a cell's edges either way round and on another 360-degree branch than the
+    centres (e.g. [355, 5] for a column centred at 0, or 0..360 bounds for -180..180 centres): the
+    same cells, the same weights."""
+    lat, lon = np.arange(-87.5, 90, 5.0)[::-1], np.arange(-180.0, 180.0, 10.0)
+    lat_bounds = np.stack([lat - 2.5, lat + 2.5], axis=1)
+    lon_bounds = np.stack([lon - 5.0, lon + 5.0], axis=1)
+    field = np.random.default_rng(9).random((lat.size, lon.size))
+    plain = latlon_to_ico(field, lat, lon, 3, "conservative", lat_bounds=lat_bounds, lon_bounds=lon_bounds)
+    wrapped = np.mod(lon_bounds, 360.0)
+    assert ((wrapped[:, 1] < wrapped[:, 0]) | (wrapped.min(1) > lon)).any()  # some cells given across the seam
+    other = latlon_to_ico(field, lat, lon, 3, "conservative", lat_bounds=lat_bounds[:, ::-1],
+                          lon_bounds=wrapped[:, ::-1])
+    np.testing.assert_allclose(other, plain, rtol=1e-12)
+    back = ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds, lon_bounds=lon_bounds)
+    np.testing.assert_allclose(ico_to_latlon(plain, lat, lon, "conservative", lat_bounds=lat_bounds[:, ::-1],
+                                             lon_bounds=wrapped[:, ::-1]), back, rtol=1e-12)
+
+
+def test_the_caches_key_on_the_bounds() -> None:
+    """Bounds for latitude only, longitude only, both or neither are four different sets of cells:
+    in whatever order they are asked for, each gives what a fresh build gives, both ways."""
+    lat, lon, _, bounds = _grid("cf_bounds")
+    variants = [{}, {"lat_bounds": bounds["lat_bounds"]}, {"lon_bounds": bounds["lon_bounds"]}, bounds]
+    field = np.random.default_rng(12).random((lat.size, lon.size))
+
+    def both_ways(kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+        vertices = latlon_to_ico(field, lat, lon, 2, "conservative", **kwargs)
+        return vertices, ico_to_latlon(vertices, lat, lon, "conservative", **kwargs)
+
+    fresh = []
+    for kwargs in variants:
+        clear_matrix_cache()
+        fresh.append(both_ways(kwargs))
+    for i in range(len(variants)):
+        for j in range(i):
+            assert not np.allclose(fresh[i][0], fresh[j][0], rtol=1e-6)
+    for order in (variants, variants[::-1]):
+        clear_matrix_cache()
+        for kwargs in order:
+            expected = fresh[variants.index(kwargs)]
+            got = both_ways(kwargs)
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+    clear_matrix_cache()
+
+
+def test_class_fractions_skip_missing_labels() -> None:
+    """NaN labels leave the weights: each vertex's shares are over its valid cells only (sum 1),
+    NaN only where none is valid, against the forward weights applied here."""
+    lat, lon, _, _ = _grid("ascending_with_poles")
+    labels = np.random.default_rng(13).integers(0, 3, (lat.size, lon.size)).astype(np.float64)
+    labels[10:20, 5:30] = np.nan
+    labels[::7, ::5] = np.nan
+    weights = regrid_matrix(lat, lon, 3, "conservative").to_scipy()
+    valid = np.isfinite(labels).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        expected = np.stack([weights @ (labels.reshape(-1) == k) for k in range(3)]) / (weights @ valid)
+    fractions = class_fractions(labels, lat, lon, 3, 3)
+    np.testing.assert_array_equal(np.isnan(fractions), np.isnan(expected))
+    assert 0 < np.isnan(fractions[0]).sum() < fractions.shape[1] // 4
+    np.testing.assert_allclose(fractions, expected, rtol=1e-12)
+    np.testing.assert_allclose(np.nansum(fractions, 0)[np.isfinite(fractions[0])], 1.0, rtol=1e-12)

@@ -239,6 +239,25 @@ def test_dropout_drops_whole_fields_and_is_identity_in_eval():
     assert drop(x) is x
 
 
+@pytest.mark.parametrize(("in_rep", "out_rep"), REPS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_both_corner_forms_give_the_same_layer(in_rep, out_rep, stride):
+    """Small charts overwrite the corner pixels, large ones add a correction to the conv's raw values
+    there (whichever is cheaper); both are the same layer in values and gradients, and equivariant."""
+    level = 2
+    conv = _conv(level, in_rep, out_rep, stride)
+    x = _input(level, 3, conv.in_orientations).requires_grad_()
+    results = []
+    for overwrite in (False, True):
+        conv._overwrite_corners = overwrite
+        assert max_equivariance_error(signal_fn(conv), level, level - stride + 1, x.detach()) < TOL
+        y = signal_fn(conv)(x)
+        weights = torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)
+        results.append((y, *torch.autograd.grad((y * weights).sum(), [x, conv.weight, conv.bias])))
+    for accumulated, overwritten in zip(*results, strict=True):
+        torch.testing.assert_close(overwritten, accumulated, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(("level", "in_rep", "out_rep", "stride"),
                          [(0, "regular", "regular", 1), (1, "regular", "regular", 1), (1, "scalar", "regular", 2),
                           (1, "regular", "scalar", 1), (2, "regular", "regular", 1), (3, "regular", "scalar", 2)])

@@ -190,7 +190,9 @@ def test_features_stay_in_one_layout_from_input_to_logits():
 
 def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors():
     """Each conv2d of a training step, forward and backward, gets the padded buffer itself (dense,
-    channels-last, no implicit padding) and a dense channels-last output gradient; the lifting layer
+    channels-last, no implicit padding), writes a dense channels-last output (a single input channel
+    included: its view also reads as NCHW, and conv2d then writes NCHW) and gets a dense channels-last
+    output gradient; the lifting layer
     computes no input gradient; each U-Net decoder's first layer makes two calls, one per half of its
     input (the upsampled and the skip). An NCHW or strided tensor would make oneDNN reorder it before
     every call, a full-size copy; these calls are otherwise the planar twin's (docs/performance.md,
@@ -215,19 +217,23 @@ def test_every_convolution_of_a_training_step_gets_dense_channels_last_tensors()
             if func in (aten.convolution.default, aten.conv2d.default):  # conv2d: inside an opened operator
                 x = args[0]
                 padding = args[4] if len(args) > 4 else (kwargs or {}).get("padding", (0, 0))
-                self.calls.append(("forward", x.is_contiguous(memory_format=torch.channels_last), None, padding,
-                                   None))
+                out = func(*args, **(kwargs or {}))
+                self.calls.append(("forward", x.is_contiguous(memory_format=torch.channels_last),
+                                   out.is_contiguous(memory_format=torch.channels_last), padding, None))
+                return out
             elif func is aten.convolution_backward.default:
                 grad, x, padding, mask = args[0], args[1], args[5], args[10]
                 self.calls.append(("backward", x.is_contiguous(memory_format=torch.channels_last),
                                    grad.is_contiguous(memory_format=torch.channels_last), padding, mask[0]))
             return func(*args, **(kwargs or {}))
 
-    for model, convs in ((IcoUNet(2, 3, 3, widths=(4, 6, 8)), 13), (IcoClassifier(2, 4, 3, widths=(4, 6)), 4)):
-        recorder = Convolutions()
-        with recorder:
-            model(torch.randn(2, 2, IcoGrid(3).num_vertices)).float().logsumexp(1).mean().backward()
-        kinds = [c[0] for c in recorder.calls]
-        assert kinds.count("forward") == kinds.count("backward") == convs, kinds
-        assert all(c[1] and c[2] in (None, True) and list(c[3]) == [0, 0] for c in recorder.calls), recorder.calls
-        assert [c[4] for c in recorder.calls if c[0] == "backward"] == [True] * (convs - 1) + [False]
+    for channels in (2, 1):
+        for model, convs in ((IcoUNet(channels, 3, 3, widths=(4, 6, 8)), 13),
+                             (IcoClassifier(channels, 4, 3, widths=(4, 6)), 4)):
+            recorder = Convolutions()
+            with recorder:
+                model(torch.randn(2, channels, IcoGrid(3).num_vertices)).float().logsumexp(1).mean().backward()
+            kinds = [c[0] for c in recorder.calls]
+            assert kinds.count("forward") == kinds.count("backward") == convs, kinds
+            assert all(c[1] and c[2] and list(c[3]) == [0, 0] for c in recorder.calls), recorder.calls
+            assert [c[4] for c in recorder.calls if c[0] == "backward"] == [True] * (convs - 1) + [False]

@@ -193,6 +193,21 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {(*METHODS, 'majority')}, got {method!r}")
 
 
+def _unmasked(values: np.ndarray) -> np.ndarray:
+    """The values as a plain array, masked cells of a numpy masked array (what netCDF4 returns for
+    a variable with a `_FillValue`) as NaN, so that they leave the weights as NaN cells do.
+
+    Integers with masked cells become float64 (NaN marks the gaps); without masked cells the
+    data is used as it is, dtype kept.
+    """
+    if not isinstance(values, np.ma.MaskedArray):
+        return np.asarray(values)
+    if not np.ma.is_masked(values):
+        return np.ma.getdata(values)
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
+    return np.ma.filled(values.astype(dtype), np.nan)
+
+
 def latlon_to_ico(
     values: np.ndarray,
     lat: np.ndarray,
@@ -213,11 +228,11 @@ def latlon_to_ico(
     integral.
     nearest keeps the dtype, so labels stay integers; majority (integer labels) takes the class
     covering the largest share of the Voronoi cell (see `class_fractions`). Targets outside a
-    regional grid are NaN (an error for integer values). With skipna, NaN sources are skipped and
-    the other weights renormalised.
+    regional grid are NaN (an error for integer values). With skipna, NaN sources (and the masked
+    cells of a numpy masked array) are skipped and the other weights renormalised.
     """
     _check_method(method)
-    values = np.asarray(values)
+    values = _unmasked(values)
     lat, lon = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
     if values.ndim < 2 or values.shape[-2:] != (lat.size, lon.size):
         raise ValueError(f"values {values.shape} must end in (nlat, nlon) = ({lat.size}, {lon.size})")
@@ -240,7 +255,7 @@ def class_fractions(
 ) -> np.ndarray:
     """Area share of each class in every vertex's Voronoi cell: [..., nlat, nlon] -> [..., K, N]
     (sums to 1 over K; soft targets for a loss)."""
-    labels = np.asarray(labels)
+    labels = _unmasked(labels)
     matrix = regrid_matrix(np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1), level, "conservative", True,
                            lat_bounds, lon_bounds)
     return _majority(matrix, labels.reshape(*labels.shape[:-2], -1), num_classes)[1]
@@ -263,7 +278,7 @@ def ico_to_latlon(
     takes the class of integer labels covering most of the cell.
     """
     _check_method(method)
-    values = np.asarray(values)
+    values = _unmasked(values)
     lat, lon = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
     level = level_of(values.shape[-1])
     matrix_method = "conservative" if method == "majority" else method

@@ -2,8 +2,8 @@
 
 A filter has 7 taps (centre + 6 hex neighbours) per (out channel, in channel, in orientation).
 Output orientation i uses the taps rotated by i·60° and the input orientation channels shifted
-by i. The taps are expanded into a dense (C_out·R_out, C_in·R_in, 3, 3) kernel by one matmul
-with a precomputed 0/1 matrix, and the whole layer is one conv2d over the gauge-padded charts.
+by i. The taps are gathered into a dense channels-last (C_out·R_out, C_in·R_in, 3, 3) kernel by one
+precomputed index, and the whole layer is one conv2d over the gauge-padded charts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from icolightning.grid import CHART_CORNERS, HEX_OFFSETS, NUM_CHARTS, NUM_POLES,
 from icolightning.nn.layout import charts_view, empty_planes, planes
 from icolightning.nn.padding import GaugePad
 from icolightning.nn.signal import IcoSignal, rep_size
-from icolightning.nn.tables import corner_table, kernel_expansion
+from icolightning.nn.tables import corner_table, hex_kernel_pattern, kernel_expansion
 
 _CENTRE = 4
 _TAPS_3X3 = 9
@@ -59,27 +59,31 @@ class IcoConv(nn.Module):
         r_in = self.in_orientations
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, r_in, 7))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        expansion = kernel_expansion(r_in, self.out_orientations)
-        self._dense_columns = expansion.shape[1]
-        both = np.concatenate([expansion, expansion[:, :r_in * _TAPS_3X3] @ _corner_selection(r_in)], axis=1)
-        self.register_buffer("expansion", torch.as_tensor(both, dtype=torch.float32), persistent=False)
-        self._expansion_scale = ORIENTATIONS if self.out_orientations == 1 else 1
+        self.register_buffer("kernel_taps", torch.as_tensor(_kernel_taps(in_channels, r_in)), persistent=False)
+        # Output orientation 0's dense kernel (for a scalar output: the sum of the 6 rotated copies,
+        # divided by `_rotations`), as a [R_in·7, R_in·9] matrix on the taps; the corner rule's weights
+        # are a fixed selection of it.
+        orientation_0 = kernel_expansion(r_in, self.out_orientations)[:, :r_in * _TAPS_3X3]
+        self._rotations = ORIENTATIONS if self.out_orientations == 1 else 1
+        self._gain = float(in_channels * np.square(orientation_0 / self._rotations).sum())
+        self.register_buffer("corner_expansion", torch.as_tensor(orientation_0 @ _corner_selection(r_in),
+                                                                 dtype=torch.float32), persistent=False)
         out_corners = IcoGrid(level - stride + 1).chart_corner_pixels()
         self.register_buffer("out_corners", torch.as_tensor(out_corners), persistent=False)
         pole_neighbours = np.unravel_index(corner_table(level).neighbours[CHART_CORNERS:],
                                            (NUM_CHARTS, *IcoGrid(level).chart_shape))
         self.register_buffer("pole_neighbours", torch.as_tensor(np.stack(pole_neighbours)), persistent=False)
         self.pad = GaugePad(level)
+        height, width = IcoGrid(level - stride + 1).chart_shape
+        self._overwrite_corners = _corner_macs_per_pixel(in_channels * r_in, len(out_corners), height * width
+                                                         ) > OVERWRITE_CORNERS_ABOVE
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He initialisation for the kernel the layer really applies: for unit-variance inputs an
         output channel's variance is C_in · var(w) · |E_0|², where E_0 maps the taps to output
         orientation 0's dense kernel (a scalar output averages 6 rotated copies, shrinking it)."""
-        per_orientation = self.in_orientations * _TAPS_3X3
-        expansion = self.expansion[:, :per_orientation] / self._expansion_scale
-        gain = float(self.in_channels * expansion.square().sum())
-        nn.init.normal_(self.weight, std=math.sqrt(2.0 / gain))
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / self._gain))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -88,12 +92,9 @@ class IcoConv(nn.Module):
                 f"stride={self.stride}, bias={self.bias is not None}")
 
     def dense_kernel(self) -> torch.Tensor:
-        """[C_out·R_out, C_in·R_in, 3, 3] conv2d kernel from the 7-tap weights."""
-        return self._kernels()[0]
-
-    def _kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _kernels_of(self.weight, self.expansion, self.out_orientations, self._dense_columns,
-                           self._expansion_scale)
+        """[C_out·R_out, C_in·R_in, 3, 3] channels-last conv2d kernel from the 7-tap weights."""
+        return _dense_kernels(self.weight, self.kernel_taps, self.out_orientations, self._rotations,
+                              [self.in_channels])[0]
 
     def forward(self, x: IcoSignal | torch.Tensor | Sequence[IcoSignal]) -> IcoSignal | torch.Tensor:
         """`x` may be a sequence of signals: the layer applied to their channel concatenation, without
@@ -115,9 +116,9 @@ class IcoConv(nn.Module):
         cast = _autocast(padded[0].buf)
         y, poles = ico_conv([cast(planes(p.buf)) for p in padded], [cast(p.patches) for p in padded],
                             [cast(p.corner_own) for p in padded], [cast(p.corner_neighbours) for p in padded],
-                            cast(self.weight), None if self.bias is None else cast(self.bias), cast(self.expansion),
-                            self.out_corners, self.out_orientations, self._dense_columns, self._expansion_scale,
-                            self.stride)
+                            cast(self.weight), None if self.bias is None else cast(self.bias), self.kernel_taps,
+                            cast(self.corner_expansion), self.out_corners, self.out_orientations, self._rotations,
+                            self._overwrite_corners, self.stride)
         charts = charts_view(y.permute(0, 2, 3, 1).reshape(b, NUM_CHARTS, *y.shape[-2:], self.out_channels, -1))
         return charts if plain else IcoSignal(charts, poles)
 
@@ -132,28 +133,50 @@ def _autocast(like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda t: t.to(dtype)
 
 
-def _kernels_of(weight: torch.Tensor, expansion: torch.Tensor, out_orientations: int, dense_columns: int,
-                scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dense conv2d kernel [C_out·R_out, C_in·R_in, 3, 3] and the corner rule's [C_out, C_in·(1+R_in)]
-    weights, from one matmul of the 7-tap weights with the expansion: the corner rule needs no gathers,
-    sums or einsums of its own."""
-    o, c = weight.shape[:2]
-    flat = weight.reshape(o * c, -1) @ expansion.to(weight.dtype)
-    if scale != 1:
-        flat = flat / scale
-    dense, corner = flat.split([dense_columns, flat.shape[1] - dense_columns], dim=1)
-    kernel = dense.reshape(o, c, out_orientations, -1).transpose(1, 2).reshape(o * out_orientations, -1, 3, 3)
-    return kernel, corner.reshape(o, -1)
+def _dense_kernels(weight: torch.Tensor, taps: torch.Tensor, out_orientations: int, rotations: int,
+                   channels: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The channels-last conv2d kernel [C_out·R_out, C_in·R_in, 3, 3], split by input part (`channels`
+    input channels each), gathered from the 7-tap weights and a zero slot (the two taps a hexagon
+    lacks) by the index `taps` (`_kernel_taps`): a gather, not a matmul with a 0/1 matrix, and
+    channels-last like the charts, so conv2d reorders neither the kernel nor its gradient (a split
+    part is a strided view, which conv2d copies). A scalar output averages the `rotations` copies."""
+    o, r = weight.shape[0], weight.shape[2]
+    dense = F.pad(weight, (0, 1)).reshape(o, -1).index_select(1, taps).view(o, ORIENTATIONS, _TAPS_3X3, -1)
+    if out_orientations == 1:
+        dense = dense.sum(1, keepdim=True) / rotations
+    kernel = dense.view(o * out_orientations, 3, 3, -1).permute(0, 3, 1, 2)
+    return kernel.split([part * r for part in channels], dim=1)
 
 
-def _kernels_backward(g_kernel: torch.Tensor, g_corner: torch.Tensor, weight: torch.Tensor, expansion: torch.Tensor,
-                      out_orientations: int, scale: int) -> torch.Tensor:
-    """The weight's gradient from those of `_kernels_of`'s two outputs."""
+def _dense_kernels_backward(g_kernel: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor, out_orientations: int,
+                            rotations: int) -> torch.Tensor:
+    """The weight's gradient from the whole kernel's [C_out·R_out, C_in·R_in, 3, 3] (any layout): each
+    gathered entry sends its gradient back to its tap."""
+    o, c, r, _ = weight.shape
+    g = g_kernel.permute(0, 2, 3, 1).reshape(o, out_orientations, _TAPS_3X3, c * r)
+    if out_orientations == 1:
+        g = (g / rotations).expand(o, ORIENTATIONS, _TAPS_3X3, c * r)
+    g_taps = g.new_zeros(o, c * r * 8).index_add_(1, taps, g.reshape(o, -1))
+    return g_taps.view(o, c, r, 8)[..., :7]
+
+
+def _corner_weights(weight: torch.Tensor, corner_expansion: torch.Tensor, rotations: int, channels: Sequence[int]
+                    ) -> tuple[torch.Tensor, ...]:
+    """The corner rule's [C_out, C_in·(1+R_in)] weights, split by input part: a fixed linear map of the
+    taps (one small matmul)."""
+    o, c, r, _ = weight.shape
+    corner = weight.reshape(o * c, -1) @ corner_expansion.to(weight.dtype)
+    if rotations != 1:
+        corner = corner / rotations
+    return corner.reshape(o, -1).split([part * (1 + r) for part in channels], dim=1)
+
+
+def _corner_weights_backward(g_corner: torch.Tensor, weight: torch.Tensor, corner_expansion: torch.Tensor,
+                             rotations: int) -> torch.Tensor:
+    """The weight's gradient from the whole [C_out, C_in·(1+R_in)] corner weights'."""
     o, c = weight.shape[:2]
-    g_dense = g_kernel.reshape(o, out_orientations, c, -1).transpose(1, 2).reshape(o * c, -1)
-    g_flat = torch.cat([g_dense, g_corner.reshape(o * c, -1)], dim=1)
-    g = g_flat @ expansion.to(g_flat.dtype).t()
-    return (g / scale if scale != 1 else g).reshape(weight.shape).to(weight.dtype)
+    g = g_corner.reshape(o * c, -1) @ corner_expansion.to(g_corner.dtype).t()
+    return (g / rotations if rotations != 1 else g).view(weight.shape)
 
 
 def _corner_features(own: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
@@ -163,8 +186,14 @@ def _corner_features(own: torch.Tensor, neighbours: torch.Tensor) -> torch.Tenso
 
 
 def _patch_rows(patches: torch.Tensor) -> torch.Tensor:
-    """[B, C, R, CHART_CORNERS, 9] -> [B, CHART_CORNERS, C·R·9], one row per corner in the kernel's order."""
-    return patches.flatten(1, 2).transpose(1, 2).flatten(2)
+    """[B, C, R, CHART_CORNERS, 9] -> [B, CHART_CORNERS, 9·C·R], one row per corner in the channels-last
+    kernel's order (`_kernel_rows`)."""
+    return patches.permute(0, 3, 4, 1, 2).flatten(2)
+
+
+def _kernel_rows(kernel: torch.Tensor) -> torch.Tensor:
+    """[C_out·R_out, C_in·R_in, 3, 3] -> [C_out·R_out, 9·C_in·R_in]: a view of a channels-last kernel."""
+    return kernel.permute(0, 2, 3, 1).reshape(kernel.shape[0], -1)
 
 
 def _corner_index(b: int, rows: int, out_corners: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -189,17 +218,16 @@ def _out_size(size: int, stride: int) -> int:
 # compilation was most of a model's compile time.
 @torch.library.custom_op("icolightning::ico_conv", mutates_args=())
 def ico_conv(planes: list[torch.Tensor], patches: list[torch.Tensor], own: list[torch.Tensor],
-             neighbours: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, expansion: torch.Tensor,
-             out_corners: torch.Tensor, out_orientations: int, dense_columns: int, expansion_scale: int, stride: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             neighbours: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, kernel_taps: torch.Tensor,
+             corner_expansion: torch.Tensor, out_corners: torch.Tensor, out_orientations: int, rotations: int,
+             overwrite_corners: bool, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The convolution of gauge-padded input parts (`planes` [B·5, C_i·R, H+2, W+2] channels-last, each
     with its corner-rule inputs, see `Padded`), their channels concatenated: the output as channels-last
     [B·5, C_out·R_out, H', W'] planes with the corner rule's values at the chart corners, and the poles
-    [B, C_out, R_out, 2]."""
-    kernel, corner_weight = _kernels_of(weight, expansion, out_orientations, dense_columns, expansion_scale)
-    r_in = patches[0].shape[2]
-    kernels = kernel.split([p.shape[1] * r_in for p in patches], dim=1)
-    corner_weights = corner_weight.split([p.shape[1] * (1 + r_in) for p in patches], dim=1)
+    [B, C_out, R_out, 2]. `overwrite_corners` only chooses how the backward takes the corners out."""
+    channels = [p.shape[1] for p in patches]
+    kernels = _dense_kernels(weight, kernel_taps, out_orientations, rotations, channels)
+    corner_weights = _corner_weights(weight, corner_expansion, rotations, channels)
     bias_rows = None if bias is None else bias.repeat_interleave(out_orientations)
     y = F.conv2d(planes[0], kernels[0], bias_rows, stride=stride)
     for part, part_kernel in zip(planes[1:], kernels[1:], strict=True):
@@ -220,8 +248,8 @@ def ico_conv(planes: list[torch.Tensor], patches: list[torch.Tensor], own: list[
 
 
 @ico_conv.register_fake
-def _(planes, patches, own, neighbours, weight, bias, expansion, out_corners, out_orientations, dense_columns,
-      expansion_scale, stride):
+def _(planes, patches, own, neighbours, weight, bias, kernel_taps, corner_expansion, out_corners, out_orientations,
+      rotations, overwrite_corners, stride):
     n, _, hp, wp = planes[0].shape
     o = weight.shape[0]
     y = empty_planes(n, o * out_orientations, _out_size(hp, stride), _out_size(wp, stride), planes[0])
@@ -231,9 +259,9 @@ def _(planes, patches, own, neighbours, weight, bias, expansion, out_corners, ou
 @torch.library.custom_op("icolightning::ico_conv_backward", mutates_args=())
 def ico_conv_backward(g_y: torch.Tensor, g_poles: torch.Tensor, planes: list[torch.Tensor],
                       patches: list[torch.Tensor], own: list[torch.Tensor], neighbours: list[torch.Tensor],
-                      weight: torch.Tensor, has_bias: bool, planes_grad: list[bool], expansion: torch.Tensor,
-                      out_corners: torch.Tensor, out_orientations: int, dense_columns: int, expansion_scale: int,
-                      stride: int
+                      weight: torch.Tensor, has_bias: bool, planes_grad: list[bool], kernel_taps: torch.Tensor,
+                      corner_expansion: torch.Tensor, out_corners: torch.Tensor, out_orientations: int,
+                      rotations: int, overwrite_corners: bool, stride: int
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
                                  torch.Tensor, torch.Tensor]:
     """Gradients of `ico_conv`: of each part's planes (an empty tensor where `planes_grad` says none is
@@ -243,31 +271,39 @@ def ico_conv_backward(g_y: torch.Tensor, g_poles: torch.Tensor, planes: list[tor
     The forward overwrote the chart corners' conv outputs, so they send nothing back through the conv:
     the conv's backward runs on the whole output gradient, and what those corners' gradients sent back
     is taken off again through the 3x3 patches around them (the same values, as the padding hands them
-    out), which the padding's backward returns to where they came from."""
-    kernel, corner_weight = _kernels_of(weight, expansion, out_orientations, dense_columns, expansion_scale)
+    out), which the padding's backward returns to where they came from. On small charts
+    (`overwrite_corners`) that costs more multiply-adds than a copy of the output gradient with its
+    corners zeroed, which the conv's backward then runs on instead."""
+    channels = [p.shape[1] for p in patches]
+    kernels = _dense_kernels(weight, kernel_taps, out_orientations, rotations, channels)
+    corner_weights = _corner_weights(weight, corner_expansion, rotations, channels)
     r_in = patches[0].shape[2]
-    kernels = kernel.split([p.shape[1] * r_in for p in patches], dim=1)
-    corner_weights = corner_weight.split([p.shape[1] * (1 + r_in) for p in patches], dim=1)
     b, rows = own[0].shape[0], g_y.shape[1]
     o = rows // out_orientations
-    at_corners = g_y[_corner_index(b, rows, out_corners)]  # [B, rows, CHART_CORNERS]
+    corner_index = _corner_index(b, rows, out_corners)
+    at_corners = g_y[corner_index]  # [B, rows, CHART_CORNERS]
+    g_conv = g_y.index_put(corner_index, g_y.new_zeros(())) if overwrite_corners else g_y
     g_corners = torch.cat([at_corners.view(b, o, out_orientations, -1).sum(2), g_poles.sum(2)], dim=-1)
     g_planes, g_patches, g_own, g_nb, g_kernels, g_corner_weights = [], [], [], [], [], []
     g_bias = None
     for k, (part, part_patches, part_own, part_nb, part_kernel, part_weight) in enumerate(
             zip(planes, patches, own, neighbours, kernels, corner_weights, strict=True)):
         g_part, g_kernel, g_bias_part = torch.ops.aten.convolution_backward(
-            g_y, part, part_kernel, [rows] if k == 0 and has_bias else None, [stride, stride], [0, 0], [1, 1],
+            g_conv, part, part_kernel, [rows] if k == 0 and has_bias else None, [stride, stride], [0, 0], [1, 1],
             False, [0, 0], 1, [planes_grad[k], True, k == 0 and has_bias])
         if g_bias_part is not None:
             g_bias = g_bias_part
-        rows_of_patches = _patch_rows(part_patches)
-        per_corner = at_corners.transpose(1, 2).to(part_kernel.dtype)  # [B, CHART_CORNERS, rows]
-        g_rows = -(per_corner @ part_kernel.flatten(1))
-        g_kernel = g_kernel - (per_corner.transpose(1, 2) @ rows_of_patches).sum(0).view_as(g_kernel)
         c = part_patches.shape[1]
-        g_patches.append(g_rows.view(b, CHART_CORNERS, c * r_in, -1).transpose(1, 2)
-                         .reshape(part_patches.shape).to(part_patches.dtype).contiguous())
+        if overwrite_corners:
+            g_patches.append(torch.zeros_like(part_patches))
+        else:
+            rows_of_patches = _patch_rows(part_patches)
+            per_corner = at_corners.transpose(1, 2).to(part_kernel.dtype)  # [B, CHART_CORNERS, rows]
+            g_rows = -(per_corner @ _kernel_rows(part_kernel))
+            taken = (per_corner.transpose(1, 2) @ rows_of_patches).sum(0)
+            g_kernel = g_kernel - taken.view(rows, 3, 3, -1).permute(0, 3, 1, 2)
+            g_patches.append(g_rows.view(b, CHART_CORNERS, 9, c, r_in).permute(0, 3, 4, 1, 2)
+                             .to(part_patches.dtype).contiguous())
         features = _corner_features(part_own, part_nb)
         g_corner = g_corners.to(features.dtype)
         g_corner_weights.append(torch.einsum("boj,bkj->ok", g_corner, features))
@@ -277,10 +313,13 @@ def ico_conv_backward(g_y: torch.Tensor, g_poles: torch.Tensor, planes: list[tor
                     .to(part_nb.dtype))
         g_planes.append(_as_planes(g_part) if planes_grad[k] else part.new_empty(0))
         g_kernels.append(g_kernel)
-    g_weight = _kernels_backward(torch.cat(g_kernels, dim=1), torch.cat(g_corner_weights, dim=1), weight, expansion,
-                                 out_orientations, expansion_scale)
+    g_weight = (_dense_kernels_backward(torch.cat(g_kernels, dim=1), weight, kernel_taps, out_orientations, rotations)
+                + _corner_weights_backward(torch.cat(g_corner_weights, dim=1), weight, corner_expansion, rotations)
+                ).to(weight.dtype)
     if has_bias:
-        g_bias = (g_bias - at_corners.sum((0, 2))).view(o, out_orientations).sum(1) + g_corners.sum((0, 2))
+        if not overwrite_corners:
+            g_bias = g_bias - at_corners.sum((0, 2))
+        g_bias = g_bias.view(o, out_orientations).sum(1) + g_corners.sum((0, 2))
         g_bias = g_bias.to(weight.dtype)
     else:
         g_bias = weight.new_zeros(o)
@@ -288,8 +327,8 @@ def ico_conv_backward(g_y: torch.Tensor, g_poles: torch.Tensor, planes: list[tor
 
 
 @ico_conv_backward.register_fake
-def _(g_y, g_poles, planes, patches, own, neighbours, weight, has_bias, planes_grad, expansion, out_corners,
-      out_orientations, dense_columns, expansion_scale, stride):
+def _(g_y, g_poles, planes, patches, own, neighbours, weight, has_bias, planes_grad, kernel_taps, corner_expansion,
+      out_corners, out_orientations, rotations, overwrite_corners, stride):
     g_planes = [empty_planes(*p.shape, p) if needed else p.new_empty(0)
                 for p, needed in zip(planes, planes_grad, strict=True)]
     return (g_planes, [p.new_empty(p.shape) for p in patches], [p.new_empty(p.shape) for p in own],
@@ -298,24 +337,46 @@ def _(g_y, g_poles, planes, patches, own, neighbours, weight, has_bias, planes_g
 
 
 def _save_conv(ctx, inputs, output) -> None:
-    planes, patches, own, neighbours, weight, bias, expansion, out_corners, *ctx.constants = inputs
+    planes, patches, own, neighbours, weight, bias, kernel_taps, corner_expansion, out_corners, *ctx.constants = inputs
     ctx.parts, ctx.has_bias = len(planes), bias is not None
     ctx.planes_grad = [p.requires_grad for p in planes]
-    ctx.save_for_backward(*planes, *patches, *own, *neighbours, weight, expansion, out_corners)
+    ctx.save_for_backward(*planes, *patches, *own, *neighbours, weight, kernel_taps, corner_expansion, out_corners)
 
 
 def _conv_grads(ctx, g_y, g_poles):  # autograd materialises the gradient of an unused output as zeros
     saved, n = ctx.saved_tensors, ctx.parts
     parts = [list(saved[k * n:(k + 1) * n]) for k in range(4)]
-    weight, expansion, out_corners = saved[4 * n:]
+    weight, kernel_taps, corner_expansion, out_corners = saved[4 * n:]
     g_planes, g_patches, g_own, g_nb, g_weight, g_bias = ico_conv_backward(
-        g_y, g_poles, *parts, weight, ctx.has_bias, ctx.planes_grad, expansion, out_corners, *ctx.constants)
+        g_y, g_poles, *parts, weight, ctx.has_bias, ctx.planes_grad, kernel_taps, corner_expansion, out_corners,
+        *ctx.constants)
     g_planes = [g if needed else None for g, needed in zip(g_planes, ctx.planes_grad, strict=True)]
     return (g_planes, g_patches, g_own, g_nb, g_weight, g_bias if ctx.has_bias else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 ico_conv.register_autograd(_conv_grads, setup_context=_save_conv)
+
+
+OVERWRITE_CORNERS_ABOVE = 8.0
+"""Corner-rule multiply-adds per output-gradient element above which a conv overwrites its corner
+pixels instead of adding a correction (measured crossover, docs/performance.md)."""
+
+
+def _corner_macs_per_pixel(in_columns: int, corners: int, pixels: int) -> float:
+    """The correction's multiply-adds (its raw conv values at the chart corners, [corners, in_columns·9]
+    against the kernel) per element of the output gradient an overwrite would copy, per output column."""
+    return corners * in_columns * _TAPS_3X3 / (NUM_CHARTS * pixels)
+
+
+def _kernel_taps(in_channels: int, in_orientations: int) -> np.ndarray:
+    """[6·9·C_in·R_in] index into the weights [C_out, C_in·R_in·8] (7 taps, then a zero slot) laid out
+    as (output orientation, 3x3 position, input channel, input orientation): the gathered kernel of an
+    output channel is its channels-last [6·3·3, C_in·R_in] block."""
+    orient, tap = hex_kernel_pattern(in_orientations)  # [6, R_in, 9] each
+    source = (orient * 8 + tap).transpose(0, 2, 1)  # [6, 9, R_in]
+    channel = np.arange(in_channels)[None, None, :, None] * (in_orientations * 8)
+    return (channel + source[:, :, None, :]).reshape(-1)
 
 
 def _corner_selection(in_orientations: int) -> np.ndarray:

@@ -41,7 +41,12 @@ def to_layout(charts: torch.Tensor) -> torch.Tensor:
 def planes(charts: torch.Tensor) -> torch.Tensor:
     """[B·5, C·R, H, W] channels-last image batch sharing the chart tensor's memory (a view)."""
     b, c, r, n, h, w = charts.shape
-    return memory(charts).reshape(b * n, h, w, c * r).permute(0, 3, 1, 2)
+    images = memory(charts).reshape(b * n, h, w, c * r).permute(0, 3, 1, 2)
+    if c * r == 1:
+        # A single channel's view also reads as contiguous (NCHW), and conv2d then writes an NCHW
+        # output that every later layer would copy; the stride 1 on channels states channels-last.
+        images = images.as_strided(images.shape, (images.stride(0), 1, *images.stride()[2:]))
+    return images
 
 
 def from_planes(images: torch.Tensor, batch: int, orientations: int) -> torch.Tensor:

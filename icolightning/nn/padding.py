@@ -50,9 +50,15 @@ def _turn(values: torch.Tensor, shift: torch.Tensor | None, sign: int = 1) -> to
     return values.gather(3, index[None, :, None, :].expand(b, m, c, r))
 
 
+def _select(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[:, index] of [B, M, C, R] values, selected on a [B, M, C·R] view: index_select over a
+    4-d tensor's dimension 1 takes a generic path about 10x slower than over a 3-d one."""
+    return values.flatten(2).index_select(1, index).unflatten(2, values.shape[2:])
+
+
 def _read(cells: torch.Tensor, route: _Route) -> torch.Tensor:
     """[B, M, C, R]: the route's cells, each at its shifted orientations."""
-    return _turn(cells.index_select(1, route.cell), route.shift)
+    return _turn(_select(cells, route.cell), route.shift)
 
 
 def _send_back(cells: torch.Tensor, route: _Route, grad: torch.Tensor) -> None:
@@ -192,14 +198,14 @@ def gauge_pad_backward(g_planes: torch.Tensor, g_patches: torch.Tensor | None, g
     if level > 0:
         _by_strips(grad.view(b, NUM_CHARTS, h, w, c, r), _read(g_padded, t.route("boundary_pull")), add=True)
     g_patches, g_nb = _entry_first(g_patches), _entry_first(g_nb)
-    _send_back(grad, t.route("patch_copy_dst"), g_patches.index_select(1, t.patch_copy))
-    _send_back(grad, t.route("neighbour_copy_dst"), g_nb.index_select(1, t.neighbour_copy))
+    _send_back(grad, t.route("patch_copy_dst"), _select(g_patches, t.patch_copy))
+    _send_back(grad, t.route("neighbour_copy_dst"), _select(g_nb, t.neighbour_copy))
     _send_back(grad, t.route("extra_dst"), _read(g_padded, t.route("extra_pull")))
     # Everything that held a corner's orientation mean sends its gradient to that mean.
     g_means = g_own
-    for slot, g in ((t.corner_cell_slot, g_padded.index_select(1, t.corner_cells_cell)),
-                    (t.patch_corner_slot, g_patches.index_select(1, t.patch_corner)),
-                    (t.neighbour_corner_slot, g_nb.index_select(1, t.neighbour_corner))):
+    for slot, g in ((t.corner_cell_slot, _select(g_padded, t.corner_cells_cell)),
+                    (t.patch_corner_slot, _select(g_patches, t.patch_corner)),
+                    (t.neighbour_corner_slot, _select(g_nb, t.neighbour_corner))):
         g_means = g_means.index_add(2, slot, g.sum(3).transpose(1, 2))
     per_orientation = g_means / r
     corner_grad = per_orientation[:, :, :CHART_CORNERS].transpose(1, 2)[..., None].expand(-1, -1, -1, r)
