@@ -23,6 +23,7 @@ from pathlib import Path
 
 import bench_model as bm
 import torch
+from bench_convcalls import python_body
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -35,13 +36,14 @@ CONVOLUTIONS = {"convolution", "convolution_backward", "mkldnn_convolution", "_c
 # (or "bwd NodeName" when no frame is known), a planar op "fwd OP" or "bwd NodeName".
 GROUPS = [
     ("batch norm + ReLU, forward",
-     lambda s: s.startswith("fwd") and any(k in s for k in ("batch_stats", "fused.py:forward", "norm.py")),
+     lambda s: s.startswith("fwd") and any(k in s for k in ("batch_stats", "fused.py:_forward", "norm.py")),
      lambda s: s in ("fwd native_batch_norm", "fwd relu")),
     ("batch norm + ReLU, backward",
-     lambda s: s.startswith("bwd") and any(k in s for k in ("batch_stats", "fused.py:_", "fused.py:norm")),
+     lambda s: s.startswith("bwd")
+     and any(k in s for k in ("batch_stats", "fused.py:_backward", "fused.py:_relu", "fused.py:norm")),
      lambda s: s in ("bwd NativeBatchNormBackward0", "bwd ReluBackward0")),
     ("gauge padding, forward", lambda s: s.startswith("fwd") and "padding.py" in s, lambda s: False),
-    ("gauge padding, backward", lambda s: s.startswith("bwd") and ("padding.py" in s or "fused.py:backward" in s),
+    ("gauge padding, backward", lambda s: s.startswith("bwd") and "padding.py" in s,
      lambda s: False),
     ("kernel expansion + corner rule", lambda s: "conv.py" in s or "MmBackward0" in s, lambda s: False),
     ("hex max pool + upsampling", lambda s: "pooling.py" in s,
@@ -78,6 +80,10 @@ class _Timer(TorchDispatchMode):
         self.frames, self.ms = frames, collections.defaultdict(float)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        body = python_body(func)
+        if body is not None:
+            with self:
+                return body(*args, **(kwargs or {}))
         start = time.thread_time_ns()
         out = func(*args, **(kwargs or {}))
         ms = (time.thread_time_ns() - start) / 1e6
@@ -89,6 +95,8 @@ class _Timer(TorchDispatchMode):
             source = "bwd " + (_frame() or self.frames.get(node) or node.name())
         else:
             source = "fwd " + (_frame() or "other")
+        if self.frames is not None and op.startswith("gauge_pad"):  # the padding's operators, wherever called
+            source = f"{'bwd' if op.endswith('backward') else 'fwd'} nn/padding.py:{op}"
         self.ms[(source, "convolution" if op in CONVOLUTIONS else op)] += ms
         return out
 

@@ -149,6 +149,8 @@ def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypa
     import torch
     import torch.nn.functional as F
 
+    from icolightning.nn import conv as ico_conv_module
+
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import bench_conv
@@ -163,6 +165,13 @@ def test_bench_conv_times_icoconvs_own_conv2d_on_the_same_padded_shapes(monkeypa
         return conv2d(x, weight, bias, stride, padding, *args)
 
     monkeypatch.setattr(F, "conv2d", recording)
+    own_conv = ico_conv_module._conv  # IcoConv's operator issues its convolutions through this
+
+    def recording_own(x, weight, bias, stride):
+        calls.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), tuple(weight.shape), 0))
+        return own_conv(x, weight, bias, stride)
+
+    monkeypatch.setattr(ico_conv_module, "_conv", recording_own)
     times = bench_conv.compare(2, 3, "regular", 2, 1, torch.device("cpu"), torch.float32)
     assert len(times) == 5 and all(t > 0 for t in times)
     ico_call = (((10, 18, 6, 10), True, (18, 18, 3, 3), 0))

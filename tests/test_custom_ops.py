@@ -6,6 +6,8 @@ outputs and gradients in float64."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from icolightning.nn import GaugePad, IcoConv, IcoSignal, fused, pooling
 from icolightning.nn.batch_stats import local_statistics
 from icolightning.nn.conv import ico_conv, ico_conv_backward
 from icolightning.nn.layout import memory, planes
+from icolightning.nn.norm import track_statistics
 
 F64 = torch.float64
 
@@ -48,6 +51,8 @@ def test_fused_norm_operators_pass_opcheck(level, affine):
     torch.library.opcheck(fused.norm_relu_pad_backward, (*grads, *rest))
     torch.library.opcheck(fused.norm_relu_pad_backward, (None, None, None, None, grads[4], *rest))
     torch.library.opcheck(local_statistics, (plain[0], plain[1]))
+    running = (torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64), torch.tensor(0))
+    torch.library.opcheck(track_statistics, (plain[0], plain[1], *running, 0.1, 1e-5))
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
@@ -94,20 +99,22 @@ def test_convolution_operators_pass_opcheck(in_rep, out_rep, stride, parts):
 
 
 def test_unet_traced_through_aot_autograd_matches_eager_in_float64():
-    """Every operator of a U-Net (fused norms, batch statistics, convolutions with split decoder inputs,
-    hex max pooling, upsampling) under torch.compile's tracing; the eager backend keeps float64 exact up
-    to the order of sums."""
+    """Every operator of a U-Net (fused norms with their running statistics, convolutions with split
+    decoder inputs, hex max pooling, upsampling) under torch.compile's tracing; the eager backend keeps
+    float64 exact up to the order of sums. The running statistics, updated in place by an operator,
+    must come out of the compiled step updated too."""
     torch.manual_seed(0)
     model = IcoUNet(2, 3, 2, widths=(4, 6)).double()
+    twin = copy.deepcopy(model)
     x = torch.randn(2, 2, IcoGrid(2).num_vertices, dtype=F64)
     target = torch.randint(3, (2, IcoGrid(2).num_vertices))
     results = []
     torch._dynamo.reset()
-    for net in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
-        model.zero_grad()
+    for net, module in ((model, model), (torch.compile(twin, backend="aot_eager", fullgraph=True), twin)):
         logits = net(x)
         F.cross_entropy(logits, target).backward()
-        results.append([logits.detach(), *(p.grad.clone() for p in model.parameters())])
+        results.append([logits.detach(), *(p.grad for p in module.parameters()), *module.buffers()])
+    assert any(name.endswith("running_var") for name, _ in model.named_buffers())
     for eager, traced in zip(*results, strict=True):
         torch.testing.assert_close(traced, eager, rtol=1e-12, atol=1e-12)
 

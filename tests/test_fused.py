@@ -14,7 +14,7 @@ from icolightning.nn import GaugePad, IcoConv, IcoSignal, fused
 from icolightning.nn.batch_stats import local_statistics
 from icolightning.nn.equivariance import max_equivariance_error, signal_fn
 from icolightning.nn.layout import memory
-from icolightning.nn.norm import IcoBatchNorm
+from icolightning.nn.norm import IcoBatchNorm, track_statistics
 
 
 def _pair(channels: int, level: int) -> tuple[IcoBatchNorm, IcoBatchNorm]:
@@ -103,7 +103,8 @@ _VIEWS = {"view", "_unsafe_view", "permute", "slice", "expand", "select", "unsqu
           "as_strided", "index", "index_put_", "detach"}
 
 
-_OPENED = {op._qualname: op for op in (fused.norm_relu_pad_op, fused.norm_relu_pad_backward, local_statistics)}
+_OPENED = {op._qualname: op for op in (fused.norm_relu_pad_op, fused.norm_relu_pad_backward, local_statistics,
+                                        track_statistics)}
 """The norms' custom operators, whose insides are recorded op by op."""
 
 
@@ -162,3 +163,16 @@ def test_batch_norm_broadcasts_per_column_and_sums_gradients_in_one_pass(fused):
     computed = [name for name, _ in backward.calls if name not in moves]
     assert computed == (["threshold_backward"] if fused else []) + ["native_batch_norm_backward", "addcmul",
                                                                      "addcmul_"], computed
+
+
+def test_fused_norm_tracks_the_running_statistics_of_torch_batch_norm():
+    """The fused norm's statistics operator updates the running mean, the unbiased running variance and
+    the step count in place exactly as BatchNorm1d over the same values (orientations and vertices)."""
+    fused, _ = _pair(3, 2)
+    theirs = nn.BatchNorm1d(3).double()
+    for step in range(2):
+        x = _x(2) * (step + 1)
+        fused(IcoSignal.from_vertices(x))
+        theirs(x.flatten(2))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fused, name), getattr(theirs, name), rtol=1e-12, atol=1e-12, msg=name)

@@ -72,6 +72,15 @@ class IcoBatchNorm(nn.Module):
         if not (self.training or not self.track_running_stats):
             return self._rectified(self._with_running_stats(x))
         syncing = self.training and self.sync and rank_and_world(self.process_group, environment=False)[1] > 1
+        tracking = self.training and self.track_running_stats
+        if self.pad is not None and tracking and not syncing:  # the default in training: two operators
+            charts = memory(x.charts)
+            with torch.no_grad():
+                stats = track_statistics(charts, x.poles, self.running_mean, self.running_var,
+                                         self.num_batches_tracked, self.momentum, self.eps)
+            count = (charts.numel() + x.poles.numel()) // self.num_features
+            return norm_relu_pad(charts, x.poles, self.weight, self.bias, stats, (count, False, None), self.relu,
+                                 self.pad)
         if self.pad is not None and not (syncing and torch.compiler.is_compiling()):
             charts = memory(x.charts)
             with torch.no_grad():
@@ -83,12 +92,10 @@ class IcoBatchNorm(nn.Module):
             charts, poles, mean, var, count = _BatchNormFunction.apply(
                 memory(x.charts), x.poles, self.weight, self.bias, self.eps, syncing, self.process_group)
             out = self._rectified(IcoSignal(charts_view(charts), poles))
-        if self.training and self.track_running_stats:
+        if tracking:
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                unbiased = var * (count / max(count - 1, 1))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                _update_running(self.running_mean, self.running_var, self.num_batches_tracked, mean, var, count,
+                                self.momentum)
         return out
 
     def _rectified(self, x: IcoSignal) -> IcoSignal:
@@ -102,6 +109,36 @@ class IcoBatchNorm(nn.Module):
         scale, shift = scale.to(x.charts.dtype), shift.to(x.charts.dtype)
         return _per_channel(x, lambda t: torch.addcmul(shift.view(-1, 1), t, scale.view(-1, 1)),
                             lambda t: torch.addcmul(shift.view(-1, 1, 1), t, scale.view(-1, 1, 1)))
+
+
+def _update_running(running_mean: torch.Tensor, running_var: torch.Tensor, num_batches_tracked: torch.Tensor,
+                    mean: torch.Tensor, var: torch.Tensor, count: int, momentum: float) -> None:
+    """The running statistics' update, in place (the running variance unbiased, n/(n-1), as torch's)."""
+    num_batches_tracked += 1
+    unbiased = var * (count / max(count - 1, 1))
+    running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+    running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+
+
+# Statistics and running-statistics update in one operator: under torch.compile they would otherwise
+# leave a small generated kernel per channel count.
+@torch.library.custom_op("icolightning::track_statistics",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def track_statistics(charts: torch.Tensor, poles: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                     num_batches_tracked: torch.Tensor, momentum: float, eps: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and 1/sqrt(var + eps) of memory-order charts [..., C, R] and poles [B, C, R, 2]
+    (`batch_statistics`, this process only), with the running statistics updated in place."""
+    mean, var, count = batch_statistics(charts, poles, False, None)
+    _update_running(running_mean, running_var, num_batches_tracked, mean, var, count, momentum)
+    return mean, torch.rsqrt(var + eps)
+
+
+@track_statistics.register_fake
+def _(charts, poles, running_mean, running_var, num_batches_tracked, momentum, eps):
+    acc = torch.promote_types(charts.dtype, torch.float32)
+    c = charts.shape[-2]
+    return charts.new_empty(c, dtype=acc), charts.new_empty(c, dtype=acc)
 
 
 class _BatchNormFunction(torch.autograd.Function):
