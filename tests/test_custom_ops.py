@@ -88,14 +88,15 @@ def test_convolution_operators_pass_opcheck(in_rep, out_rep, stride, parts):
     inputs = [[_leaf(planes(p.buf)).contiguous(memory_format=torch.channels_last) for p in padded],
               [_leaf(p.patches) for p in padded], [_leaf(p.corner_own) for p in padded],
               [_leaf(p.corner_neighbours) for p in padded]]
-    constants = (conv.expansion, conv.out_corners, conv.out_orientations, conv._dense_columns,
-                 conv._expansion_scale, conv.stride)
-    torch.library.opcheck(ico_conv, (*inputs, conv.weight, conv.bias, *constants))
-    y, poles = ico_conv(*inputs, conv.weight, conv.bias, *constants)
-    plain = [[t.detach() for t in group] for group in inputs]
-    for needed in (True, False):
-        torch.library.opcheck(ico_conv_backward, (torch.randn_like(y), torch.randn_like(poles), *plain,
-                                                  conv.weight.detach(), needed, [needed] * parts, *constants))
+    for overwrite in (False, True):  # both ways the backward takes the corners out
+        constants = (conv.kernel_taps, conv.corner_expansion, conv.out_corners, conv.out_orientations,
+                     conv._rotations, overwrite, conv.stride)
+        torch.library.opcheck(ico_conv, (*inputs, conv.weight, conv.bias, *constants))
+        y, poles = ico_conv(*inputs, conv.weight, conv.bias, *constants)
+        plain = [[t.detach() for t in group] for group in inputs]
+        for needed in (True, False):
+            torch.library.opcheck(ico_conv_backward, (torch.randn_like(y), torch.randn_like(poles), *plain,
+                                                      conv.weight.detach(), needed, [needed] * parts, *constants))
 
 
 def test_unet_traced_through_aot_autograd_matches_eager_in_float64():

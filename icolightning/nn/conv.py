@@ -140,7 +140,7 @@ def _dense_kernels(weight: torch.Tensor, taps: torch.Tensor, out_orientations: i
     channels-last like the charts, so conv2d reorders neither the kernel nor its gradient (a split
     part is a strided view, which conv2d copies). A scalar output averages the `rotations` copies."""
     o, r = weight.shape[0], weight.shape[2]
-    dense = F.pad(weight, (0, 1)).reshape(o, -1).index_select(1, taps).view(o, ORIENTATIONS, _TAPS_3X3, -1)
+    dense = nn.functional.pad(weight, (0, 1)).reshape(o, -1).index_select(1, taps).view(o, ORIENTATIONS, _TAPS_3X3, -1)
     if out_orientations == 1:
         dense = dense.sum(1, keepdim=True) / rotations
     kernel = dense.view(o * out_orientations, 3, 3, -1).permute(0, 3, 1, 2)
