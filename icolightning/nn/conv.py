@@ -363,13 +363,14 @@ ico_conv.register_autograd(_conv_grads, setup_context=_save_conv)
 
 
 OVERWRITE_CORNERS_ABOVE = 8.0
-"""Corner-rule multiply-adds per output-gradient element above which a conv overwrites its corner
-pixels instead of adding a correction (measured crossover, docs/performance.md)."""
+"""Correction multiply-adds per output-gradient element above which a conv's backward zeroes the
+corners in a copy of the output gradient instead of correcting through the patches (the crossover
+measured with the earlier in-forward correction, docs/performance.md)."""
 
 
 def _corner_macs_per_pixel(in_columns: int, corners: int, pixels: int) -> float:
-    """The correction's multiply-adds (its raw conv values at the chart corners, [corners, in_columns·9]
-    against the kernel) per element of the output gradient an overwrite would copy, per output column."""
+    """The correction's multiply-adds (the corner patches [corners, in_columns·9] against the kernel)
+    per element of the output gradient the zeroed copy would take, per output column."""
     return corners * in_columns * _TAPS_3X3 / (NUM_CHARTS * pixels)
 
 
