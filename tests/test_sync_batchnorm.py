@@ -63,6 +63,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             torch.save(result, os.path.join(out_dir, f"rank{rank}-sync{sync}.pt"))
     finally:
         dist.destroy_process_group()
+    # Every result is on disk and the group is destroyed. Since the layers became custom operators, about
+    # one such process in three aborted in the interpreter's C++ teardown ("terminate called without an
+    # active exception", no Python frame left), after this point; leave without that teardown.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
