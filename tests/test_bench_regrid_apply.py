@@ -82,12 +82,14 @@ def test_bench_regrid_runs_on_a_small_grid_and_prints_every_target(tmp_path):
     """scripts/bench_regrid.py end to end on a 48 x 72 file to level 2: it checks that its timed paths
     (read + regrid, regrid alone) compute the same vertex values for both methods before it times
     them, and prints each DESIGN §7 ratio with its verdict."""
+    import os
     import subprocess
 
-    script = SCRIPT.parent / "bench_regrid.py"
+    script, root = SCRIPT.parent / "bench_regrid.py", str(SCRIPT.parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)  # this checkout's code first
     done = subprocess.run([sys.executable, str(script), "--grid", "48", "72", "--level", "2", "--repeats", "1",
                            "--interp-repeats", "1", "--no-quarter-degree"], capture_output=True, text=True,
-                          timeout=300, cwd=SCRIPT.parents[1])
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": path})
     assert done.returncode == 0, done.stderr[-2000:]
     for label in ("read+regrid / read", ".interp / regrid", "conservative / bilinear, read + regrid",
                   "conservative / bilinear, regrid alone", "conservative: first call incl. matrix build"):
